@@ -1,0 +1,33 @@
+"""dinofeat: DINO self-supervised vision features.
+
+Example:
+    >>> import dinofeat
+    >>> model = dinofeat.load("vit_s16", pretrained=False, device="cpu")
+    >>> model.embed_dim
+    384
+"""
+
+from dinofeat.config import HubSource, ModelSpec, PreprocessConfig, ResNetConfig, ViTConfig
+from dinofeat.errors import DinofeatError, ImageReadError, OfflineModelError, WeightsMismatchError
+from dinofeat.extractor import FeatureExtractor
+from dinofeat.loading import load
+from dinofeat.registry import get_spec, list_models
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DinofeatError",
+    "FeatureExtractor",
+    "HubSource",
+    "ImageReadError",
+    "ModelSpec",
+    "OfflineModelError",
+    "PreprocessConfig",
+    "ResNetConfig",
+    "ViTConfig",
+    "WeightsMismatchError",
+    "__version__",
+    "get_spec",
+    "list_models",
+    "load",
+]

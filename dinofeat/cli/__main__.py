@@ -1,0 +1,3 @@
+from dinofeat.cli import main
+
+raise SystemExit(main())

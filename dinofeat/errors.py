@@ -1,0 +1,19 @@
+"""dinofeat's exception types: each names the culprit (a key, a file, a model name)."""
+
+from __future__ import annotations
+
+
+class DinofeatError(Exception):
+    """Base class of dinofeat's own errors."""
+
+
+class WeightsMismatchError(DinofeatError, ValueError):
+    """A state dict does not fit the architecture: missing, unexpected or mis-shaped keys."""
+
+
+class ImageReadError(DinofeatError, ValueError):
+    """An image file could not be opened or decoded."""
+
+
+class OfflineModelError(DinofeatError, RuntimeError):
+    """The weights are neither cached nor downloadable because the Hub is offline."""

@@ -1,0 +1,141 @@
+"""Turning what users pass (paths, folders, PIL, numpy, tensors, lists) into model batches."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from dinofeat.config import PreprocessConfig
+from dinofeat.errors import ImageReadError
+from dinofeat.preprocess import Size, pil_geometry, to_normalized_tensor
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"})
+
+ImageLike: TypeAlias = "str | os.PathLike[str] | Image.Image | np.ndarray | torch.Tensor"
+Images: TypeAlias = "ImageLike | Sequence[ImageLike]"
+
+
+def list_image_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Image files below ``folder`` (recursively), sorted, by suffix."""
+    root = Path(folder)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
+    return files
+
+
+def open_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Open and fully decode an image as RGB (greyscale replicated, alpha dropped).
+
+    Raises:
+        ImageReadError: the file is missing, unreadable or not a decodable image; the message names it.
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise ImageReadError(f"image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise ImageReadError(f"cannot read image {path}: {error}") from None
+
+
+def _expand(images: Any) -> list[Any]:
+    """Flatten lists and folders into a list of single items (not yet decoded)."""
+    if isinstance(images, (str, os.PathLike)):
+        path = Path(images)
+        return list(list_image_files(path)) if path.is_dir() else [path]
+    if isinstance(images, torch.Tensor) and images.ndim == 4:
+        return list(images)
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return list(images)
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise ValueError("no images given (empty list)")
+        items: list[Any] = []
+        for item in images:
+            items.extend(_expand(item))
+        return items
+    return [images]
+
+
+def _check_uint8_chw(tensor: torch.Tensor, what: str) -> torch.Tensor:
+    if tensor.ndim != 3 or tensor.shape[0] != 3:
+        raise ValueError(f"{what} must have shape (3, H, W) or (N, 3, H, W), got {tuple(tensor.shape)}")
+    return tensor
+
+
+def _to_pil(item: Any, index: int) -> Image.Image:
+    if isinstance(item, Image.Image):
+        return item.convert("RGB")
+    if isinstance(item, (str, os.PathLike)):
+        return open_image(item)
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8:
+            raise TypeError(f"numpy image #{index} must be uint8 HWC, got dtype {item.dtype}")
+        if item.ndim == 2:
+            item = np.repeat(item[:, :, None], 3, axis=2)
+        if item.ndim != 3 or item.shape[2] not in (1, 3, 4):
+            raise ValueError(f"numpy image #{index} must have shape (H, W, 3), got {item.shape}")
+        if item.shape[2] == 1:
+            item = np.repeat(item, 3, axis=2)
+        return Image.fromarray(np.ascontiguousarray(item[:, :, :3]))
+    if isinstance(item, torch.Tensor):
+        if item.dtype != torch.uint8:
+            raise TypeError(
+                f"tensor image #{index} has dtype {item.dtype}: pass raw pixels as uint8 (3, H, W), "
+                "or a float batch (N, 3, H, W) that is already preprocessed"
+            )
+        chw = _check_uint8_chw(item, f"tensor image #{index}")
+        return Image.fromarray(chw.permute(1, 2, 0).contiguous().cpu().numpy())
+    raise TypeError(f"unsupported image type for item #{index}: {type(item).__name__}")
+
+
+def count_images(images: Any) -> int:
+    if isinstance(images, torch.Tensor) and images.is_floating_point():
+        return int(images.shape[0])
+    return len(_expand(images))
+
+
+def iter_batches(
+    images: Any, config: PreprocessConfig, size: Size | None, batch_size: int
+) -> Iterator[torch.Tensor]:
+    """Yield normalised float batches (B, 3, H, W) for any accepted input.
+
+    A floating-point tensor (N, 3, H, W) is taken as already preprocessed and only split into
+    batches. Everything else is decoded to RGB and goes through the model's preprocessing; all
+    images of one call must come out at the same size (they do with the default crop).
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if isinstance(images, torch.Tensor) and images.is_floating_point():
+        if images.ndim == 3:
+            images = images.unsqueeze(0)
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"a float tensor must be a preprocessed batch (N, 3, H, W), got {tuple(images.shape)}")
+        yield from images.split(batch_size)
+        return
+    if isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.ndim not in (3, 4):
+        raise ValueError(f"a uint8 tensor must have shape (3, H, W) or (N, 3, H, W), got {tuple(images.shape)}")
+    geometry = pil_geometry(config, size)
+    items = _expand(images)
+    batch: list[torch.Tensor] = []
+    for index, item in enumerate(items):
+        tensor = to_normalized_tensor(geometry(_to_pil(item, index)), config)
+        if batch and tensor.shape != batch[0].shape:
+            raise ValueError(
+                f"image #{index} preprocesses to {tuple(tensor.shape[1:])} but earlier ones to "
+                f"{tuple(batch[0].shape[1:])}; pass size=(H, W) or use the default centre crop"
+            )
+        batch.append(tensor)
+        if len(batch) == batch_size:
+            yield torch.stack(batch)
+            batch = []
+    if batch:
+        yield torch.stack(batch)

@@ -1,0 +1,49 @@
+"""The last block's CLS-query attention, taken from the same forward pass.
+
+Fused attention kernels (``scaled_dot_product_attention``, xFormers) never materialise the
+attention matrix, which is why DINOv2 and timm cannot hand it out. Only one row of it is
+needed for DINO's attention maps: the CLS query against every key. This module computes
+that row explicitly from the block's own q and k, softmax((q_cls . k^T) * scale) in the
+official order, while the block's output itself still goes through the fused kernel.
+The extra cost is one (heads x 1 x N) product per image.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def block_with_cls_attention(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a timm ViT ``Block`` and also return its CLS-query attention probabilities.
+
+    Args:
+        block: A ``timm.models.vision_transformer.Block`` whose ``attn`` is timm's ``Attention``.
+        x: Block input (B, N, D), token 0 being CLS.
+
+    Returns:
+        The block output (B, N, D), bit-for-bit what ``block(x)`` gives, and the CLS row of the
+        attention probabilities (B, heads, N), each row summing to 1 over all N keys.
+    """
+    attn = block.attn
+    if getattr(attn, "gate", None) is not None:
+        raise NotImplementedError("gated attention is not supported for attention extraction")
+    y = block.norm1(x)
+    batch, n_tokens, _ = y.shape
+    qkv = attn.qkv(y).reshape(batch, n_tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    # Official order: scale the product, not q (identical bits when the scale is a power of two).
+    logits = (q[:, :, :1] @ k.transpose(-2, -1)) * attn.scale
+    cls_attention = logits.float().softmax(dim=-1)[:, :, 0].to(x.dtype)
+    if attn.fused_attn:
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0)
+    else:
+        weights = attn.attn_drop(((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1))
+        out = weights @ v
+    out = out.transpose(1, 2).reshape(batch, n_tokens, attn.attn_dim)
+    out = attn.proj_drop(attn.proj(attn.norm(out)))
+    x = x + block.drop_path1(block.ls1(out))
+    x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+    return x, cls_attention

@@ -1,0 +1,132 @@
+"""The model zoo: one table of data, the single source of truth for every model name.
+
+``load()``, ``hubconf.py``, the CLI, the docs model table and the tests all read
+:data:`ZOO`. Adding a model means adding one :class:`~dinofeat.config.ModelSpec` here.
+
+Example:
+    >>> import dinofeat
+    >>> [spec.name for spec in dinofeat.list_models()][:3]
+    ['vit_s16', 'vit_s8', 'vit_b16']
+    >>> dinofeat.get_spec("vit_s8").embed_dim
+    384
+"""
+
+from __future__ import annotations
+
+import difflib
+
+from dinofeat.config import HubSource, ModelSpec, PreprocessConfig, ResNetConfig, ViTConfig
+
+_DINO_URL = "https://dl.fbaipublicfiles.com/dino"
+_DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2"
+_DINOV2_PAPER = "arXiv:2304.07193"
+_REGISTERS_PAPER = "arXiv:2309.16588"
+
+
+def _dino_vit(name: str, timm_name: str, url_stem: str, patch: int, dim: int, heads: int,
+              knn: float, linear: float, params: float) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        arch=ViTConfig(patch_size=patch, embed_dim=dim, depth=12, num_heads=heads),
+        source=HubSource(
+            repo_id=f"timm/{timm_name}.dino",
+            url=f"{_DINO_URL}/{url_stem}/{url_stem}.pth",
+        ),
+        description=f"DINO ViT-{'S' if dim == 384 else 'B'}/{patch}, ImageNet-1k, self-supervised",
+        knn_top1=knn,
+        linear_top1=linear,
+        params_millions=params,
+    )
+
+
+def _dinov2(size: str, dim: int, depth: int, heads: int, registers: bool,
+            knn: float, linear: float, params: float) -> ModelSpec:
+    letter = size[0]
+    reg = "_reg" if registers else ""
+    timm_name = f"vit_{size}_patch14{'_reg4' if registers else ''}_dinov2.lvd142m"
+    giant = size == "giant"
+    return ModelSpec(
+        name=f"dinov2_vit{letter}14{reg}",
+        arch=ViTConfig(
+            patch_size=14,
+            embed_dim=dim,
+            depth=depth,
+            num_heads=heads,
+            mlp_ratio=2.66667 * 2 if giant else 4.0,
+            mlp="swiglu" if giant else "gelu",
+            img_size=518,
+            layer_scale_init=1e-5,
+            num_register_tokens=4 if registers else 0,
+            # timm folds the CLS position into cls_token for the register models.
+            pos_embed_has_cls=not registers,
+            # The official DINOv2 hub entry points resample the register models by size, antialiased.
+            interpolate_offset=0.0 if registers else 0.1,
+            interpolate_antialias=registers,
+        ),
+        source=HubSource(
+            repo_id=f"timm/{timm_name}",
+            url=f"{_DINOV2_URL}/dinov2_vit{letter}14/dinov2_vit{letter}14{'_reg4' if registers else ''}_pretrain.pth",
+        ),
+        description=f"DINOv2 ViT-{letter.upper()}/14{' with 4 registers' if registers else ''}, LVD-142M",
+        paper=_REGISTERS_PAPER if registers else _DINOV2_PAPER,
+        knn_top1=knn,
+        linear_top1=linear,
+        params_millions=params,
+    )
+
+
+_ENTRIES: list[ModelSpec] = [
+    _dino_vit("vit_s16", "vit_small_patch16_224", "dino_deitsmall16_pretrain", 16, 384, 6, 74.5, 77.0, 21),
+    _dino_vit("vit_s8", "vit_small_patch8_224", "dino_deitsmall8_pretrain", 8, 384, 6, 78.3, 79.7, 21),
+    _dino_vit("vit_b16", "vit_base_patch16_224", "dino_vitbase16_pretrain", 16, 768, 12, 76.1, 78.2, 85),
+    _dino_vit("vit_b8", "vit_base_patch8_224", "dino_vitbase8_pretrain", 8, 768, 12, 77.4, 80.1, 85),
+    ModelSpec(
+        name="resnet50",
+        arch=ResNetConfig(),
+        # No Hub copy of DINO's ResNet-50 exists: the official file is fetched by URL.
+        source=HubSource(
+            repo_id=None,
+            filename="dino_resnet50_pretrain.pth",
+            url=f"{_DINO_URL}/dino_resnet50_pretrain/dino_resnet50_pretrain.pth",
+        ),
+        description="DINO ResNet-50, ImageNet-1k, self-supervised",
+        knn_top1=67.5,
+        linear_top1=75.3,
+        params_millions=23,
+    ),
+    _dinov2("small", 384, 12, 6, False, 79.0, 81.1, 21),
+    _dinov2("base", 768, 12, 12, False, 82.1, 84.5, 86),
+    _dinov2("large", 1024, 24, 16, False, 83.5, 86.3, 300),
+    _dinov2("giant", 1536, 40, 24, False, 83.5, 86.5, 1100),
+    _dinov2("small", 384, 12, 6, True, 79.1, 80.9, 21),
+    _dinov2("base", 768, 12, 12, True, 82.0, 84.6, 86),
+    _dinov2("large", 1024, 24, 16, True, 83.8, 86.7, 300),
+    _dinov2("giant", 1536, 40, 24, True, 83.7, 87.1, 1100),
+]
+
+ZOO: dict[str, ModelSpec] = {spec.name: spec for spec in _ENTRIES}
+if len(ZOO) != len(_ENTRIES):
+    raise RuntimeError("duplicate model names in the dinofeat registry")
+
+DEFAULT_PREPROCESS = PreprocessConfig()
+
+
+def list_models() -> list[ModelSpec]:
+    """All zoo entries, in table order."""
+    return list(ZOO.values())
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The zoo entry called ``name``.
+
+    Raises:
+        KeyError: unknown name; the message lists close matches and every known name.
+    """
+    try:
+        return ZOO[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(ZOO), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise KeyError(
+            f"unknown dinofeat model {name!r}.{hint} Known models: {', '.join(ZOO)}"
+        ) from None

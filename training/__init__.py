@@ -1,0 +1,1 @@
+"""DINO self-distillation training, installed as ``dinofeat.training``."""
