@@ -55,7 +55,7 @@ def build_index(features: torch.Tensor, index_spec: str = EXACT_INDEX, search_pa
         index.train(array)
     index.add(array)
     if search_params:
-        faiss.ParameterSpace().set_index_parameters(index, search_params)
+        faiss.ParameterSpace().set_index_parameters(index, search_params)  # type: ignore[arg-type]
     return index
 
 
