@@ -118,7 +118,7 @@ class ImageIndex:
         present = set(self.files)
         new: list[str] = []
         for file in files:
-            name = str(Path(file).resolve())
+            name = os.path.abspath(file)
             if name not in present:
                 present.add(name)
                 new.append(name)
