@@ -218,3 +218,39 @@ def test_bad_inputs_are_clear_errors(tmp_path, capsys):
     (index_dir / "manifest.json").write_text(json.dumps({**manifest, "count": 4}))
     with pytest.raises(IndexMismatchError, match="inconsistent"):
         ImageIndex.open(index_dir)
+
+
+def test_linear_cli_on_tiny_folder(tmp_path):
+    from eval_helpers import make_image_folder
+
+    model = save_tiny_model(tmp_path / "model")
+    train = make_image_folder(tmp_path / "train", classes=3, per_class=4, seed=1)
+    val = make_image_folder(tmp_path / "val", classes=3, per_class=2, seed=1)
+    out = tmp_path / "linear.json"
+    argv = [
+        "linear",
+        "--model",
+        str(model),
+        "--train",
+        str(train),
+        "--val",
+        str(val),
+        "--n-last-blocks",
+        "2",
+        "--avgpool",
+        "--epochs",
+        "3",
+        "--probe-batch-size",
+        "4",
+        "-o",
+        str(out),
+        *COMMON,
+    ]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert (result["feature_dim"], result["features"], result["last"]["epoch"]) == (
+        96,
+        "linear-last2+avgpool",
+        3,
+    )
+    assert 0.0 <= result["best"]["top1"] <= 100.0 and len(result["history"]) == 3
