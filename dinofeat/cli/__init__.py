@@ -7,9 +7,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from dinofeat.cli import features
+from dinofeat.cli import evaluation, features
 
-_GROUPS = [features]
+_GROUPS = [features, evaluation]
 
 
 def build_parser() -> argparse.ArgumentParser:

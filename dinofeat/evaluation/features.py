@@ -1,0 +1,206 @@
+"""Feature extraction over ImageFolder-style datasets, with caching to safetensors.
+
+A dataset root holds one sub-folder per class (sorted names -> labels 0, 1, ..., exactly like
+``torchvision.datasets.ImageFolder``). Extraction runs through a batched DataLoader with
+workers; under ``torchrun`` each process extracts a shard and rank 0 receives all features in
+the original order (one process is the same code path with a single shard).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from dinofeat.config import PreprocessConfig
+from dinofeat.evaluation.distributed import gather_in_order, rank_and_world, shard_indices
+from dinofeat.extractor import FeatureExtractor
+from dinofeat.inputs import IMAGE_SUFFIXES, open_image
+from dinofeat.preprocess import Size, preprocess_pil
+
+FEATURES_FORMAT = "dinofeat-features"
+FEATURES_VERSION = 1
+BatchFeatures = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LabeledFiles:
+    """Image files with their class index and the sorted class names."""
+
+    files: list[Path]
+    labels: list[int]
+    class_names: list[str]
+
+
+def scan_image_folder(root: str | os.PathLike[str]) -> LabeledFiles:
+    """Files and labels of an ImageFolder-style directory (class sub-folders, searched recursively).
+
+    Raises:
+        FileNotFoundError: ``root`` is missing, has no class sub-folders, or a class folder has no images.
+
+    Example:
+        >>> scan_image_folder("imagenette2/val").class_names[:2]  # doctest: +SKIP
+        ['n01440764', 'n02102040']
+    """
+    path = Path(root)
+    if not path.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {path}")
+    classes = sorted(entry.name for entry in os.scandir(path) if entry.is_dir())
+    if not classes:
+        raise FileNotFoundError(f"{path} has no class sub-folders (expected ROOT/<class>/<image>)")
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        found = sorted(p for p in (path / name).rglob("*") if _is_image(p))
+        if not found:
+            raise FileNotFoundError(f"class folder {path / name} contains no image files")
+        files.extend(found)
+        labels.extend([label] * len(found))
+    return LabeledFiles(files, labels, classes)
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+class PreprocessedImages(Dataset[torch.Tensor]):
+    """Image files -> normalised tensors with the model's evaluation preprocessing."""
+
+    def __init__(self, files: Sequence[Path], preprocess: PreprocessConfig, size: Size | None = None) -> None:
+        self.files = list(files)
+        self.preprocess = preprocess
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return preprocess_pil(open_image(self.files[index]), self.preprocess, self.size)
+
+
+@torch.inference_mode()
+def extract_features(extractor: FeatureExtractor, files: Sequence[Path], *,
+                     feature_fn: BatchFeatures | None = None, batch_size: int = 64, num_workers: int = 4,
+                     size: Size | None = None, progress: bool = True) -> torch.Tensor | None:
+    """Features of ``files`` (float32, CPU), sharded over torchrun processes and gathered on rank 0.
+
+    Args:
+        extractor: The model.
+        files: Image paths.
+        feature_fn: Preprocessed batch -> (batch, dim) features; default the CLS embedding
+            (``extractor(batch)``).
+        batch_size: Images per forward pass (per process).
+        num_workers: DataLoader workers decoding images.
+        size: Optional crop size / (H, W), as in :meth:`FeatureExtractor.embed`.
+        progress: Show a progress bar (on rank 0).
+
+    Returns:
+        (len(files), dim) features in the order of ``files`` on rank 0; None on other ranks.
+    """
+    if not files:
+        raise ValueError("no image files to extract features from")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    compute = feature_fn if feature_fn is not None else extractor
+    rank, world = rank_and_world()
+    dataset = PreprocessedImages(files, extractor.preprocess, size)
+    shard = Subset(dataset, shard_indices(len(files), rank, world))
+    loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers, shuffle=False,
+                        pin_memory=extractor.device.type == "cuda")
+    bar = tqdm(loader, desc=f"features ({extractor.name or 'model'})", unit="batch",
+               disable=not progress or rank != 0)
+    parts = [compute(batch.to(extractor.device, extractor.dtype)).float() for batch in bar]
+    return gather_in_order(torch.cat(parts), len(files))
+
+
+@dataclass
+class FeatureSet:
+    """Features of a labelled dataset with everything needed to reuse them safely."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    files: list[str]
+    class_names: list[str]
+    model: str
+    kind: str = "cls"
+
+    def __post_init__(self) -> None:
+        count = self.features.shape[0]
+        if self.features.ndim != 2 or self.labels.shape != (count,) or len(self.files) != count:
+            raise ValueError(f"inconsistent feature set: features {tuple(self.features.shape)}, "
+                             f"labels {tuple(self.labels.shape)}, {len(self.files)} files")
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write one safetensors file atomically (temporary file, then rename)."""
+        meta = {"format": FEATURES_FORMAT, "version": FEATURES_VERSION, "model": self.model,
+                "kind": self.kind, "dim": self.dim, "count": len(self.files), "class_names": self.class_names}
+        # The file list is stored as UTF-8 bytes in a tensor: safetensors headers are capped at 100 MB.
+        names = torch.frombuffer(bytearray("\n".join(self.files).encode()), dtype=torch.uint8)
+        tensors = {"features": self.features.contiguous(), "labels": self.labels.long().contiguous(),
+                   "files_utf8": names if names.numel() else torch.zeros(0, dtype=torch.uint8)}
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        save_file(tensors, str(temporary), metadata={"dinofeat": json.dumps(meta)})
+        os.replace(temporary, target)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, model: str | None = None, kind: str | None = None
+             ) -> FeatureSet:
+        """Read a file written by :meth:`save`, checking format, counts and (if given) model and kind."""
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"feature file not found: {path}")
+        with safe_open(str(path), "pt") as handle:
+            meta_text = (handle.metadata() or {}).get("dinofeat")
+            if meta_text is None:
+                raise ValueError(f"{path} is not a dinofeat feature file (no 'dinofeat' metadata)")
+            meta: dict[str, Any] = json.loads(meta_text)
+            tensors = {key: handle.get_tensor(key) for key in ("features", "labels", "files_utf8")}
+        if meta.get("format") != FEATURES_FORMAT or meta.get("version") != FEATURES_VERSION:
+            raise ValueError(f"{path}: unsupported feature file format {meta.get('format')} "
+                             f"version {meta.get('version')}")
+        names = tensors["files_utf8"]
+        files = bytes(names.numpy()).decode().split("\n") if names.numel() else []
+        loaded = cls(tensors["features"], tensors["labels"], files, list(meta["class_names"]), meta["model"],
+                     meta["kind"])
+        if loaded.dim != meta["dim"] or len(files) != meta["count"]:
+            raise ValueError(f"{path} is corrupt: header says {meta['count']} x {meta['dim']}, "
+                             f"data is {tuple(loaded.features.shape)}")
+        for field_name, wanted in (("model", model), ("kind", kind)):
+            if wanted is not None and meta[field_name] != wanted:
+                raise ValueError(f"{path} holds features of {field_name} {meta[field_name]!r}, "
+                                 f"not {wanted!r}")
+        return loaded
+
+
+def extract_folder(extractor: FeatureExtractor, root: str | os.PathLike[str], *, model: str,
+                   feature_fn: BatchFeatures | None = None, kind: str = "cls", batch_size: int = 64,
+                   num_workers: int = 4, progress: bool = True) -> FeatureSet | None:
+    """Features of an ImageFolder-style directory as a :class:`FeatureSet` (None on ranks other than 0).
+
+    Example:
+        >>> model = dinofeat.load("vit_s16")  # doctest: +SKIP
+        >>> fs = extract_folder(model, "imagenette2/val", model="vit_s16")  # doctest: +SKIP
+        >>> fs.features.shape  # doctest: +SKIP
+        torch.Size([3925, 384])
+    """
+    listing = scan_image_folder(root)
+    features = extract_features(extractor, listing.files, feature_fn=feature_fn, batch_size=batch_size,
+                                num_workers=num_workers, progress=progress)
+    if features is None:
+        return None
+    return FeatureSet(features, torch.tensor(listing.labels, dtype=torch.long),
+                      [str(f) for f in listing.files], listing.class_names, model, kind)
