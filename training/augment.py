@@ -66,7 +66,8 @@ class MultiCropAugmentation:
             transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
             transforms.RandomGrayscale(p=0.2),
         ])
-        normalize = transforms.Compose([transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        normalize = transforms.Compose([
+            transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
         bicubic = transforms.InterpolationMode.BICUBIC
 
         def crop(size: int, scale: tuple[float, float]) -> transforms.RandomResizedCrop:

@@ -60,7 +60,8 @@ def load_rgb(path: Path, shorter_side: int | None = None) -> Image.Image:
     if shorter_side is not None and min(img.size) > shorter_side:
         width, height = img.size
         scale = shorter_side / min(width, height)
-        img = img.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BICUBIC)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        img = img.resize(size, Image.Resampling.BICUBIC)
     return img
 
 

@@ -54,7 +54,9 @@ def dino_loss(
     return total / n_terms
 
 
-def update_center(center: torch.Tensor, teacher_sum: torch.Tensor, n_rows: int, momentum: float) -> torch.Tensor:
+def update_center(
+    center: torch.Tensor, teacher_sum: torch.Tensor, n_rows: int, momentum: float
+) -> torch.Tensor:
     """EMA of the mean teacher output: ``center * m + teacher_sum / n_rows * (1 - m)``.
 
     Args:
@@ -88,14 +90,18 @@ class DINOLoss(nn.Module):
 
     center: torch.Tensor
 
-    def __init__(self, out_dim: int, n_crops: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
+    def __init__(
+        self, out_dim: int, n_crops: int, student_temp: float = 0.1, center_momentum: float = 0.9
+    ) -> None:
         super().__init__()
         self.n_crops = n_crops
         self.student_temp = student_temp
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
 
-    def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+    def forward(
+        self, student_out: torch.Tensor, teacher_out: torch.Tensor, teacher_temp: float
+    ) -> torch.Tensor:
         loss = dino_loss(student_out, teacher_out, self.center, teacher_temp, self.student_temp, self.n_crops)
         self.update(teacher_out)
         return loss

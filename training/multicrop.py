@@ -48,5 +48,6 @@ class MultiCropWrapper(nn.Module):
     def forward(self, crops: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         if isinstance(crops, torch.Tensor):
             crops = [crops]
-        features = [self.backbone(torch.cat(list(crops[start:end]))) for start, end in resolution_groups(crops)]
+        groups = resolution_groups(crops)
+        features = [self.backbone(torch.cat(list(crops[start:end]))) for start, end in groups]
         return self.head(torch.cat(features))

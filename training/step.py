@@ -15,11 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-
-from dinofeat.config import ArchConfig, ViTConfig
-from dinofeat.models import build_backbone
 from dinofeat.training.config import TrainConfig, build_arch
 from dinofeat.training.ema import ema_update
 from dinofeat.training.head import DINOHead
@@ -32,6 +27,11 @@ from dinofeat.training.optim import (
     param_groups,
 )
 from dinofeat.training.schedules import cosine_schedule, teacher_temp_schedule
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from dinofeat.config import ArchConfig, ViTConfig
+from dinofeat.models import build_backbone
 
 
 class NonFiniteLossError(RuntimeError):
@@ -109,7 +109,9 @@ class DinoStep:
         self.schedules = schedules
         self.device = device
         n_crops = 2 + cfg.crops.local_crops_number
-        self.loss_fn = DINOLoss(cfg.head.out_dim, n_crops, cfg.loss.student_temp, cfg.loss.center_momentum).to(device)
+        loss_cfg = cfg.loss
+        self.loss_fn = DINOLoss(cfg.head.out_dim, n_crops, loss_cfg.student_temp, loss_cfg.center_momentum)
+        self.loss_fn.to(device)
         self.optimizer = build_optimizer(cfg.optim.optimizer, param_groups(_unwrap(student)))
         self.precision = _resolve_precision(cfg.run.precision, device)
         self.scaler = torch.amp.GradScaler(device.type) if self.precision == "fp16" else None
@@ -130,7 +132,8 @@ class DinoStep:
             NonFiniteLossError: before any parameter changes, if the loss is not finite.
         """
         s = self.schedules
-        lr, wd, momentum, temp = float(s.lr[it]), float(s.wd[it]), float(s.momentum[it]), float(s.teacher_temp[epoch])
+        lr, wd, momentum = float(s.lr[it]), float(s.wd[it]), float(s.momentum[it])
+        temp = float(s.teacher_temp[epoch])
         for index, group in enumerate(self.optimizer.param_groups):
             group["lr"] = lr
             if index == 0:  # only the regularised group gets weight decay

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
-
 from dinofeat.training.ema import ema_update
 from dinofeat.training.head import DINOHead, official_head_keys_to_parametrized
 from dinofeat.training.loss import DINOLoss, dino_loss, update_center
 from dinofeat.training.schedules import cosine_schedule, teacher_temp_schedule
+from safetensors.torch import load_file
 
 
 def test_schedules_bit_identical(golden: Path) -> None:

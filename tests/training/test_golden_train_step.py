@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
-
-from dinofeat.training.config import apply_overrides, TrainConfig
+from dinofeat.training.config import TrainConfig, apply_overrides
 from dinofeat.training.head import official_head_keys_to_parametrized
 from dinofeat.training.step import DinoStep, Schedules, build_student_teacher
+from safetensors.torch import load_file
 
 GOLDEN_CONFIG = {
     "model.arch": {"patch_size": 8, "embed_dim": 96, "depth": 2, "num_heads": 3, "img_size": 224},
