@@ -55,8 +55,8 @@ def read_file_list(path: str | os.PathLike[str]) -> list[Path]:
 
 def load_rgb(path: Path, shorter_side: int | None = None) -> Image.Image:
     """Decode an image as RGB (greyscale replicated, alpha dropped), optionally downscaled."""
-    with Image.open(path) as img:
-        img = img.convert("RGB")
+    with Image.open(path) as opened:
+        img = opened.convert("RGB")
     if shorter_side is not None and min(img.size) > shorter_side:
         width, height = img.size
         scale = shorter_side / min(width, height)
@@ -139,7 +139,7 @@ class EpochSampler(DistributedSampler[Any]):
     (seed, epoch) only, so a resumed run sees the same data as an uninterrupted one.
     """
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch = self.epoch
         for index in super().__iter__():
             yield epoch, int(index)

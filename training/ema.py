@@ -25,13 +25,13 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
         >>> torch.equal(t.weight, s.weight)
         True
     """
-    teacher_params = list(teacher.parameters())
-    student_params = [p.detach() for p in student.parameters()]
+    teacher_params: list[torch.Tensor] = list(teacher.parameters())
+    student_params: list[torch.Tensor] = [p.detach() for p in student.parameters()]
     if len(teacher_params) != len(student_params):
         raise ValueError(
             f"teacher has {len(teacher_params)} parameters, student {len(student_params)}; they must match"
         )
     torch._foreach_mul_(teacher_params, momentum)
     # (1 - m) * s is rounded to float32 first, exactly like the official `(1 - m) * s.detach()`.
-    scaled = torch._foreach_mul(student_params, 1 - momentum)
+    scaled: list[torch.Tensor] = list(torch._foreach_mul(student_params, 1 - momentum))
     torch._foreach_add_(teacher_params, scaled)

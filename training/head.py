@@ -70,7 +70,8 @@ class DINOHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.mlp(x)
         x = F.normalize(x, dim=-1, p=2)
-        return self.last_layer(x)
+        out: torch.Tensor = self.last_layer(x)
+        return out
 
 
 def _init_linear(module: nn.Module) -> None:

@@ -50,4 +50,5 @@ class MultiCropWrapper(nn.Module):
             crops = [crops]
         groups = resolution_groups(crops)
         features = [self.backbone(torch.cat(list(crops[start:end]))) for start, end in groups]
-        return self.head(torch.cat(features))
+        out: torch.Tensor = self.head(torch.cat(features))
+        return out

@@ -157,10 +157,10 @@ class DinoStep:
         o = self.cfg.optim
         self.optimizer.zero_grad()
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
+            torch.autograd.backward(self.scaler.scale(loss))
             self.scaler.unscale_(self.optimizer)
         else:
-            loss.backward()
+            torch.autograd.backward(loss)
         if o.clip_grad:
             clip_gradients_per_param(self.student, o.clip_grad)
         cancel_last_layer_gradients(self.student, epoch, o.freeze_last_layer)

@@ -95,7 +95,7 @@ class Trainer:
         self.student: nn.Module = student
         if self.dist.distributed:
             if _has_batch_norm(student):
-                self.student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+                self.student = nn.SyncBatchNorm.convert_sync_batchnorm(student)  # type: ignore[no-untyped-call]
                 self.student_module = self.student
             device_ids = [device.index] if device.type == "cuda" else None
             self.student = DistributedDataParallel(self.student, device_ids=device_ids)

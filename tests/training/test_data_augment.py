@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
-
 from dinofeat.training.augment import MultiCropAugmentation
 from dinofeat.training.data import EpochSampler, ImageDataset, find_images, read_file_list
+from PIL import Image
+
 from tests.training.helpers import make_image_folder
 
 

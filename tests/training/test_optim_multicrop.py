@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
 from dinofeat.training.config import TrainConfig, apply_overrides, build_arch, resolve_config
 from dinofeat.training.multicrop import MultiCropWrapper, resolution_groups
 from dinofeat.training.optim import (
@@ -16,6 +14,7 @@ from dinofeat.training.optim import (
     param_groups,
 )
 from dinofeat.training.step import build_student_teacher
+from torch import nn
 
 
 def _tiny() -> TrainConfig:

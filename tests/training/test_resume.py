@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from dinofeat.training import checkpoint as checkpoint_module
 from dinofeat.training.checkpoint import CHECKPOINT_NAME, atomic_save, load_checkpoint
 from dinofeat.training.config import resolve_config
 from dinofeat.training.trainer import Trainer
+
 from tests.training.helpers import TINY_TRAIN_OVERRIDES, make_image_folder
 
 
@@ -41,10 +41,13 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
     expected, got = _weights(full), _weights(resumed)
     for key in expected:
         assert torch.equal(expected[key], got[key]), key
-    assert resumed.step.optimizer.state_dict()["state"].keys() == full.step.optimizer.state_dict()["state"].keys()
+    resumed_state, full_state = resumed.step.optimizer.state_dict(), full.step.optimizer.state_dict()
+    assert resumed_state["state"].keys() == full_state["state"].keys()
 
 
-def test_interrupted_write_keeps_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_write_keeps_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target = tmp_path / CHECKPOINT_NAME
     atomic_save({"epoch": 1, "w": torch.ones(3)}, target)
 
@@ -63,7 +66,7 @@ def test_interrupted_write_keeps_last_good_checkpoint(tmp_path: Path, monkeypatc
 
 def test_official_full_checkpoint_resumes(golden: Path, tmp_path: Path) -> None:
     path = golden / "dino_full_checkpoint_p16.pth"
-    with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
+    with pytest.raises(Exception, match=r"Weights only load failed|Unsupported global"):
         torch.load(path, weights_only=True)
     data = make_image_folder(tmp_path / "images")
     cfg = _config(data, tmp_path / "run", 'model.arch={"patch_size": 16, "embed_dim": 192, "depth": 4, '

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import torch
-
-import dinofeat
 from dinofeat.training.checkpoint import load_checkpoint
 from dinofeat.training.cli import main
+
+import dinofeat
 from tests.training.helpers import make_image_folder, train_args
 
 REPO = Path(__file__).resolve().parents[2]
