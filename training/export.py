@@ -1,0 +1,87 @@
+"""Export the teacher backbone of a training checkpoint to dinofeat's Hub format."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from dinofeat.training.checkpoint import load_checkpoint
+from dinofeat.training.config import TrainConfig, build_arch, config_from_dict
+
+from dinofeat.config import PreprocessConfig
+from dinofeat.hub_format import HubConfig, load_state_dict_strict, save_pretrained
+from dinofeat.models import build_backbone
+
+
+def _model_card(name: str, cfg: TrainConfig, evaluation: dict[str, Any] | None, epoch: int) -> str:
+    lines = [
+        "---", "library_name: dinofeat", "tags: [dino, self-supervised, image-feature-extraction]", "---",
+        f"# {name}", "",
+        f"Teacher backbone of a DINO self-distillation run (arXiv:2104.14294), after {epoch} epoch(s), "
+        "trained with `dinofeat-train`.", "",
+        "```python", "import dinofeat", f"model = dinofeat.load({name!r})  # or the folder path",
+        "features = model.embed(images)", "```", "",
+    ]
+    if evaluation:
+        lines += ["## Evaluation", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {key} | {value} |" for key, value in evaluation.items()]
+        lines.append("")
+    lines += ["## Training configuration", "", "```json", cfg.to_json().rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def export_teacher(
+    checkpoint: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    evaluation: dict[str, Any] | None = None,
+    push_to_hub: str | None = None,
+    private: bool = True,
+) -> Path:
+    """Write the teacher backbone of a dinofeat training checkpoint as a dinofeat model folder.
+
+    Args:
+        checkpoint: A ``checkpoint.pth`` written by the trainer.
+        output_dir: Target folder (config.json + model.safetensors + README.md).
+        name: Model name recorded in config.json and the card (default: the folder name).
+        evaluation: Results to put in the card and metadata (e.g. ``{"knn_top1": 62.3}``).
+        push_to_hub: A Hub repository id to upload the folder to (needs network and a token).
+        private: Create the Hub repository as private.
+
+    Returns:
+        The folder, loadable with ``dinofeat.load(folder)``.
+    """
+    ckpt = load_checkpoint(checkpoint)
+    if ckpt.get("format") != "dinofeat-train":
+        raise ValueError(f"{checkpoint} is not a dinofeat training checkpoint (no format tag)")
+    cfg = config_from_dict(json.loads(ckpt["config"]))
+    arch = build_arch(cfg.model)
+    backbone = build_backbone(arch)
+    prefix = "backbone."
+    state = {k[len(prefix):]: v for k, v in ckpt["teacher"].items() if k.startswith(prefix)}
+    load_state_dict_strict(backbone, state, origin=f"{checkpoint} (teacher backbone)")
+    out = Path(output_dir)
+    name = name or out.name
+    size = cfg.crops.global_size
+    preprocess = PreprocessConfig(resize=round(size * 256 / 224), crop=size)
+    metadata = {"trained_with": "dinofeat-train", "epochs_done": int(ckpt["epoch"]),
+                "evaluation": evaluation or {}, "training_config": cfg.to_dict()}
+    card = _model_card(name, cfg, evaluation, int(ckpt["epoch"]))
+    save_pretrained(backbone.to(torch.float32), out, HubConfig(arch=arch, preprocess=preprocess, name=name,
+                                                               metadata=metadata), card=card)
+    if push_to_hub is not None:
+        _push(out, push_to_hub, private)
+    return out
+
+
+def _push(folder: Path, repo_id: str, private: bool) -> None:
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    api.upload_folder(repo_id=repo_id, folder_path=str(folder),
+                      commit_message="Upload DINO teacher (dinofeat)")

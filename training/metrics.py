@@ -1,0 +1,43 @@
+"""Rank-0 metrics: JSON-lines file plus a human-readable progress line through ``logging``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+_log = logging.getLogger("dinofeat.training")
+
+
+class MetricsWriter:
+    """Append one JSON object per line to ``<output_dir>/metrics.jsonl`` (rank 0 only).
+
+    Example:
+        >>> import tempfile
+        >>> writer = MetricsWriter(tempfile.mkdtemp(), enabled=True)
+        >>> writer.write({"loss": 1.0})
+    """
+
+    def __init__(self, output_dir: str | Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self.path = Path(output_dir) / "metrics.jsonl"
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def progress(self, record: dict[str, Any]) -> None:
+        """Log a one-line summary of an iteration record."""
+        if not self.enabled:
+            return
+        _log.info(
+            "epoch %d it %d/%d | loss %.4f | lr %.3g | wd %.3g | mom %.5f | T %.4f | %.1f img/s | data %.3fs",
+            record["epoch"], record["iter_in_epoch"] + 1, record["iters_per_epoch"], record["loss"],
+            record["lr"], record["wd"], record["momentum"], record["teacher_temp"], record["images_per_s"],
+            record["data_time"],
+        )

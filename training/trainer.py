@@ -1,0 +1,229 @@
+"""The DINO training loop: data, epochs, logging, checkpoints, resume and the evaluation hook.
+
+Example:
+    >>> from dinofeat.training.config import resolve_config
+    >>> cfg = resolve_config(preset="imagenette_tiny", overrides=["data.path=\\"/data/train\\""])
+    >>> # Trainer(cfg).fit()
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from dinofeat.training.augment import MultiCropAugmentation
+from dinofeat.training.checkpoint import (
+    CHECKPOINT_NAME,
+    atomic_save,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+)
+from dinofeat.training.config import TrainConfig
+from dinofeat.training.data import EpochSampler, ImageDataset, collate_crops, find_images, read_file_list
+from dinofeat.training.distributed import DistInfo, barrier, init_distributed
+from dinofeat.training.head import official_head_keys_to_parametrized
+from dinofeat.training.metrics import MetricsWriter
+from dinofeat.training.step import DinoStep, Schedules, build_student_teacher
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+EvalHook = Callable[[nn.Module], dict[str, float]]
+"""Takes the teacher backbone, returns metrics (e.g. {"knn_top1": 61.2}); called on every rank."""
+
+_log = logging.getLogger("dinofeat.training")
+
+
+def build_dataset(cfg: TrainConfig) -> ImageDataset:
+    """The training images of ``cfg.data`` with the multi-crop augmentation of ``cfg.crops``."""
+    d, c = cfg.data, cfg.crops
+    if (d.path is None) == (d.file_list is None):
+        raise ValueError("set exactly one of data.path (an image folder) and data.file_list")
+    paths = find_images(d.path) if d.path is not None else read_file_list(str(d.file_list))
+    augmentation = MultiCropAugmentation(c.global_size, c.local_size, c.global_scale, c.local_scale,
+                                         c.local_crops_number)
+    return ImageDataset(paths, augmentation, seed=cfg.run.seed, cache_size=d.cache_size)
+
+
+class Trainer:
+    """DINO self-distillation on one process or under torchrun.
+
+    Args:
+        cfg: Resolved configuration.
+        eval_hook: Optional callable run every ``run.eval_every`` epochs on the teacher backbone.
+        dist_info: Process placement; by default read from torchrun's environment.
+    """
+
+    def __init__(
+        self, cfg: TrainConfig, eval_hook: EvalHook | None = None, dist_info: DistInfo | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.eval_hook = eval_hook
+        self.dist = dist_info or init_distributed(cfg.run.device)
+        self.output_dir = Path(cfg.run.output_dir)
+        # Same seed on every rank: identical initial student and teacher everywhere.
+        _seed_everything(cfg.run.seed)
+        self.dataset = build_dataset(cfg)
+        if self.dist.is_main and self.dataset.skipped:
+            _log.warning("%d unreadable images were skipped while caching", len(self.dataset.skipped))
+        self.sampler = EpochSampler(self.dataset, num_replicas=self.dist.world_size, rank=self.dist.rank,
+                                    shuffle=True, seed=cfg.run.seed, drop_last=True)
+        workers = cfg.data.num_workers
+        self.loader = DataLoader(self.dataset, batch_size=cfg.optim.batch_size_per_gpu, sampler=self.sampler,
+                                 num_workers=workers, pin_memory=self.dist.device.type == "cuda",
+                                 drop_last=True, collate_fn=collate_crops, persistent_workers=workers > 0)
+        self.iters_per_epoch = len(self.loader)
+        if cfg.run.max_iters_per_epoch is not None:
+            self.iters_per_epoch = min(self.iters_per_epoch, cfg.run.max_iters_per_epoch)
+        if self.iters_per_epoch == 0:
+            raise ValueError(
+                f"{len(self.dataset)} images give no full batch of {cfg.optim.batch_size_per_gpu} "
+                f"per process "
+                f"({self.dist.world_size} processes); lower optim.batch_size_per_gpu"
+            )
+        student, self.teacher, self.arch = build_student_teacher(cfg)
+        device = self.dist.device
+        student, self.teacher = student.to(device), self.teacher.to(device)
+        self.student_module = student
+        self.student: nn.Module = student
+        if self.dist.distributed:
+            if _has_batch_norm(student):
+                self.student = nn.SyncBatchNorm.convert_sync_batchnorm(student)  # type: ignore[no-untyped-call]
+                self.student_module = self.student
+            device_ids = [device.index] if device.type == "cuda" else None
+            self.student = DistributedDataParallel(self.student, device_ids=device_ids)
+        # The teacher follows the (DDP-broadcast) student, as in the official code.
+        self.teacher.load_state_dict(self.student_module.state_dict(), strict=True)
+        schedules = Schedules.from_config(cfg, self.iters_per_epoch, self.dist.world_size)
+        self.step = DinoStep(cfg, self.student, self.teacher, schedules, device)
+        self.metrics = MetricsWriter(self.output_dir, enabled=self.dist.is_main)
+        self.start_epoch = 0
+        self._maybe_resume()
+
+    # ----------------------------------------------------------------- resume / checkpoint
+    def _maybe_resume(self) -> None:
+        resume = self.cfg.run.resume
+        if resume is None:
+            return
+        path = self.output_dir / CHECKPOINT_NAME if resume == "auto" else Path(resume)
+        if resume == "auto" and not path.is_file():
+            return
+        self.load_state(load_checkpoint(path))
+        if self.dist.is_main:
+            _log.info("resumed from %s at epoch %d", path, self.start_epoch)
+
+    def state_dict(self, next_epoch: int) -> dict[str, Any]:
+        """Everything needed to continue exactly: weights, optimiser, scaler, centre, RNG, position."""
+        return {
+            "format": "dinofeat-train",
+            "student": self.student_module.state_dict(),
+            "teacher": self.teacher.state_dict(),
+            "optimizer": self.step.optimizer.state_dict(),
+            "scaler": self.step.scaler.state_dict() if self.step.scaler is not None else None,
+            "dino_loss": self.step.loss_fn.state_dict(),
+            "epoch": next_epoch,
+            "iteration": next_epoch * self.iters_per_epoch,
+            "rng": capture_rng_state(),
+            "config": self.cfg.to_json(),
+        }
+
+    def load_state(self, ckpt: dict[str, Any]) -> None:
+        """Restore a dinofeat checkpoint or an official DINO ``checkpoint.pth`` (strict keys)."""
+        official = ckpt.get("format") != "dinofeat-train"
+        student_sd, teacher_sd = ckpt["student"], ckpt["teacher"]
+        if official:
+            student_sd = official_head_keys_to_parametrized(
+                {k.removeprefix("module."): v for k, v in student_sd.items()})
+            teacher_sd = official_head_keys_to_parametrized(teacher_sd)
+        self.student_module.load_state_dict(student_sd, strict=True)
+        self.teacher.load_state_dict(teacher_sd, strict=True)
+        self.step.optimizer.load_state_dict(_plain_optimizer_state(ckpt["optimizer"], self.step.optimizer))
+        if self.step.scaler is not None and ckpt.get("scaler"):
+            self.step.scaler.load_state_dict(ckpt["scaler"])
+        self.step.loss_fn.load_state_dict({"center": ckpt["dino_loss"]["center"]}, strict=True)
+        self.start_epoch = int(ckpt["epoch"])
+        if "rng" in ckpt:
+            restore_rng_state(ckpt["rng"])
+
+    def save_checkpoint(self, next_epoch: int) -> None:
+        if not self.dist.is_main:
+            return
+        state = self.state_dict(next_epoch)
+        text = self.cfg.to_json()
+        atomic_save(state, self.output_dir / CHECKPOINT_NAME, config_text=text)
+        freq = self.cfg.run.saveckp_freq
+        if freq and next_epoch % freq == 0:
+            atomic_save(state, self.output_dir / f"checkpoint{next_epoch - 1:04d}.pth", config_text=text)
+
+    # ----------------------------------------------------------------- loop
+    def fit(self) -> dict[str, Any]:
+        """Train from ``start_epoch`` to ``run.epochs``; returns the last epoch's summary."""
+        summary: dict[str, Any] = {}
+        for epoch in range(self.start_epoch, self.cfg.run.epochs):
+            summary = self.train_one_epoch(epoch)
+            self.save_checkpoint(epoch + 1)
+            every = self.cfg.run.eval_every
+            if self.eval_hook is not None and every and (epoch + 1) % every == 0:
+                results = self.eval_hook(self.teacher.backbone)
+                summary.update(results)
+                self.metrics.write({"epoch": epoch, "eval": results})
+            barrier()
+        return summary
+
+    def train_one_epoch(self, epoch: int) -> dict[str, Any]:
+        self.sampler.set_epoch(epoch)
+        self.student.train()
+        self.teacher.train()
+        losses, skipped, n_images = [], 0, 0
+        epoch_start = tick = time.perf_counter()
+        batch_images = self.cfg.optim.batch_size_per_gpu * self.dist.world_size
+        for index, (crops, n_skipped) in enumerate(self.loader):
+            if index >= self.iters_per_epoch:
+                break
+            data_time = time.perf_counter() - tick
+            it = epoch * self.iters_per_epoch + index
+            result = self.step(crops, it, epoch)
+            elapsed = time.perf_counter() - tick
+            losses.append(result["loss"])
+            skipped += n_skipped
+            n_images += batch_images
+            record = {"epoch": epoch, "iteration": it, "iter_in_epoch": index,
+                      "iters_per_epoch": self.iters_per_epoch, **result,
+                      "images_per_s": batch_images / elapsed, "data_time": data_time, "iter_time": elapsed}
+            self.metrics.write(record)
+            if index % self.cfg.run.log_every == 0 or index == self.iters_per_epoch - 1:
+                self.metrics.progress(record)
+            tick = time.perf_counter()
+        duration = time.perf_counter() - epoch_start
+        summary = {"epoch": epoch, "loss": float(np.mean(losses)), "skipped_images": skipped,
+                   "epoch_time": duration, "images_per_s": n_images / duration}
+        self.metrics.write({"epoch_summary": summary})
+        return summary
+
+
+def _plain_optimizer_state(state: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Check group sizes and turn numpy scalars (official checkpoints) into Python floats."""
+    groups = state["param_groups"]
+    ours = [len(g["params"]) for g in optimizer.param_groups]
+    theirs = [len(g["params"]) for g in groups]
+    if ours != theirs:
+        raise ValueError(f"checkpoint optimizer has parameter groups of sizes {theirs}, this model {ours}")
+    clean = [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in g.items()} for g in groups]
+    return {"state": state["state"], "param_groups": clean}
+
+
+def _has_batch_norm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
