@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from dinofeat.config import PreprocessConfig
 from dinofeat.inputs import count_images, iter_batches
+from dinofeat.masks import upsample_to_pixels
 from dinofeat.models import DinoResNet, DinoVisionTransformer, TokenOutput
 from dinofeat.preprocess import Size
 
@@ -84,7 +85,10 @@ class FeatureExtractor(nn.Module):
 
     def _vit(self, what: str) -> DinoVisionTransformer:
         if not isinstance(self.backbone, DinoVisionTransformer):
-            raise TypeError(f"{what} needs a Vision Transformer; {self.name or 'this model'} is a CNN")
+            raise TypeError(
+                f"{what} needs a Vision Transformer; {self.name or 'this model'} is a CNN "
+                f"({type(self.backbone).__name__}) and has no attention (use embed or patch_tokens)"
+            )
         return self.backbone
 
     @torch.inference_mode()
@@ -140,18 +144,41 @@ class FeatureExtractor(nn.Module):
                  for out in self._tokens(images, size, batch_size, progress, blocks=blocks)]
         return torch.cat(parts, dim=1)
 
-    def cls_attention(self, images: Any, *, size: Size | None = None, batch_size: int = 64,
-                      progress: bool | None = None) -> torch.Tensor:
+    def cls_attention(self, images: Any, *, size: Size | None = None, upsample: bool = False,
+                      batch_size: int = 64, progress: bool | None = None) -> torch.Tensor:
         """Last block's CLS-to-patch attention per head: (N, heads, h, w).
 
         The softmax row of the CLS query over all keys, with the CLS (and register) keys
-        dropped and not renormalised, as the official ``visualize_attention.py`` does.
+        dropped and not renormalised, as the official ``visualize_attention.py`` does. It comes
+        from the same forward pass as the features; every other block keeps the fused kernel.
+
+        Args:
+            images: Any accepted input (see the class docstring).
+            size: Preprocessing size (None: the model's own).
+            upsample: Nearest-neighbour upsampling by the patch size to pixels,
+                (N, heads, h*P, w*P), as the official script does before saving images.
+            batch_size: Images per forward pass.
+            progress: Show a progress bar (default: only for long inputs).
+
+        Returns:
+            float32 maps on the model's device.
+
+        Raises:
+            TypeError: the model is a CNN (ResNet-50 has no attention).
+
+        Example:
+            >>> import dinofeat, torch
+            >>> model = dinofeat.load({"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2,
+            ...                        "img_size": 32}, device="cpu")
+            >>> model.cls_attention(torch.randn(1, 3, 32, 48), upsample=True).shape
+            torch.Size([1, 2, 32, 48])
         """
-        self._vit("cls_attention")
+        vit = self._vit("cls_attention")
         maps = []
         for out in self._tokens(images, size, batch_size, progress, cls_attention=True):
             assert out.cls_attention is not None
             h, w = out.grid
             patch_part = out.cls_attention[:, :, out.num_prefix:]
             maps.append(patch_part.reshape(patch_part.shape[0], patch_part.shape[1], h, w).float())
-        return torch.cat(maps)
+        result = torch.cat(maps)
+        return upsample_to_pixels(result, vit.config.patch_size) if upsample else result
