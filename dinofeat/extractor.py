@@ -99,9 +99,11 @@ class FeatureExtractor(nn.Module):
             yield vit.forward_tokens(batch, cls_attention=cls_attention, blocks=blocks)
 
     # ------------------------------------------------------------------ public API
-    @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """CLS feature of a preprocessed batch (N, 3, H, W), like the official model's forward."""
+        """CLS feature of a preprocessed batch (N, 3, H, W), like the official model's forward.
+
+        Unlike the other methods it keeps autograd, so the module can be fine-tuned.
+        """
         return self.backbone(x.to(self.device, self.dtype)).float()
 
     @torch.inference_mode()

@@ -94,6 +94,18 @@ def test_bf16_weights_give_float32_outputs(tmp_path):
     assert low.cls_attention(x).dtype == torch.float32
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_on_gpu(dtype):
+    model = dinofeat.load(TINY_VIT, device="cuda", dtype=dtype)
+    x = torch.randn(2, 3, 32, 32)
+    out = model.embed(x)
+    assert out.dtype == torch.float32 and out.device.type == "cuda"
+    reference = dinofeat.load(TINY_VIT, device="cpu")
+    reference.load_state_dict(model.float().cpu().state_dict())
+    assert (out.cpu() - reference.embed(x)).abs().max() < 0.1
+
+
 def test_corrupt_image_file_is_named(tiny, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8 this is not a jpeg")
