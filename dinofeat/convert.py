@@ -57,7 +57,8 @@ def backbone_from_checkpoint(obj: Mapping[str, Any], checkpoint_key: str = "teac
     if is_full_checkpoint(obj):
         if not isinstance(obj.get(checkpoint_key), Mapping):
             entries = [key for key in obj if isinstance(obj[key], Mapping)]
-            raise KeyError(f"checkpoint has no network entry {checkpoint_key!r}; entries holding dicts: {entries}")
+            raise KeyError(f"checkpoint has no network entry {checkpoint_key!r}; entries holding dicts: "
+                           f"{entries}")
         state = obj[checkpoint_key]
     else:
         state = obj
@@ -82,7 +83,8 @@ def dinov2_official_to_timm(state: Mapping[str, torch.Tensor], arch: ViTConfig) 
 
     Example:
         >>> cfg = ViTConfig(patch_size=14, embed_dim=8, depth=1, num_heads=2, img_size=28)
-        >>> sorted(dinov2_official_to_timm({"mask_token": torch.zeros(1, 8), "cls_token": torch.zeros(1, 1, 8)}, cfg))
+        >>> state = {"mask_token": torch.zeros(1, 8), "cls_token": torch.zeros(1, 1, 8)}
+        >>> sorted(dinov2_official_to_timm(state, cfg))
         ['cls_token']
     """
     out: StateDict = {}
@@ -104,7 +106,9 @@ def dinov2_official_to_timm(state: Mapping[str, torch.Tensor], arch: ViTConfig) 
 
 
 def vit_config_from_transformers(config: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> ViTConfig:
-    """A :class:`ViTConfig` from an HF transformers ``config.json`` (model_type vit / dinov2 / dinov2_with_registers).
+    """A :class:`ViTConfig` from an HF transformers ``config.json``.
+
+    ``model_type`` must be ``vit``, ``dinov2`` or ``dinov2_with_registers``.
 
     The MLP width is read from the weights, so SwiGLU models need no formula. Position-embedding
     resampling follows the official implementation of the family (DINO / DINOv2), not transformers'.
@@ -177,14 +181,17 @@ _BLOCK_KEY = re.compile(r"^encoder\.layer\.(\d+)\.(.+)\.(weight|bias|lambda1)$")
 
 
 def transformers_to_timm(state: Mapping[str, torch.Tensor], arch: ViTConfig) -> StateDict:
-    """HF transformers ViTModel / Dinov2Model(+registers) keys (as ``save_pretrained`` writes them) -> timm keys.
+    """HF transformers ViTModel / Dinov2Model(+registers) keys -> timm keys.
+
+    The input is what ``save_pretrained`` writes (and the Hub repositories hold).
 
     Separate query / key / value projections are concatenated into ``qkv`` (rows q, k, v);
     the pooler and the mask token are dropped; register models get the CLS position folded in.
 
     Example:
         >>> cfg = ViTConfig(patch_size=8, embed_dim=4, depth=1, num_heads=1, img_size=8)
-        >>> sorted(transformers_to_timm({"layernorm.weight": torch.ones(4), "pooler.dense.bias": torch.ones(4)}, cfg))
+        >>> state = {"layernorm.weight": torch.ones(4), "pooler.dense.bias": torch.ones(4)}
+        >>> sorted(transformers_to_timm(state, cfg))
         ['norm.weight']
     """
     out: StateDict = {}
@@ -218,7 +225,9 @@ def transformers_to_timm(state: Mapping[str, torch.Tensor], arch: ViTConfig) -> 
 
 
 def resnet_official_to_timm(state: Mapping[str, torch.Tensor]) -> StateDict:
-    """Official DINO ResNet-50 (torchvision keys) -> timm ResNet keys: identical, minus any ``fc.*`` classifier.
+    """Official DINO ResNet-50 (torchvision keys) -> timm ResNet keys.
+
+    The names are identical; any ``fc.*`` classifier is dropped.
 
     Example:
         >>> sorted(resnet_official_to_timm({"conv1.weight": torch.zeros(1), "fc.bias": torch.zeros(1)}))

@@ -110,5 +110,6 @@ def package_folder(package_path: str) -> AbstractContextManager[Path]:
     """
     resource = importlib.resources.files("dinofeat").joinpath(package_path)
     if not resource.is_dir():
-        raise FileNotFoundError(f"bundled model folder {package_path!r} is not in the installed dinofeat package")
+        raise FileNotFoundError(
+            f"bundled model folder {package_path!r} is not in the installed dinofeat package")
     return importlib.resources.as_file(resource)

@@ -80,7 +80,8 @@ class FeatureExtractor(nn.Module):
         n_batches = -(-total // batch_size)
         show = progress if progress is not None else n_batches >= PROGRESS_MIN_BATCHES
         batches = iter_batches(images, self.preprocess, size, batch_size)
-        for batch in tqdm(batches, total=n_batches, disable=not show, desc=self.name or "dinofeat", unit="batch"):
+        bar = tqdm(batches, total=n_batches, disable=not show, desc=self.name or "dinofeat", unit="batch")
+        for batch in bar:
             yield batch.to(self.device, self.dtype, non_blocking=True)
 
     def _vit(self, what: str) -> DinoVisionTransformer:
@@ -110,7 +111,8 @@ class FeatureExtractor(nn.Module):
     def embed(self, images: Any, *, size: Size | None = None, batch_size: int = 64,
               progress: bool | None = None) -> torch.Tensor:
         """Global features (N, D): the CLS token after the final norm (ResNet: average-pooled map)."""
-        outputs = [self.backbone(batch).float() for batch in self._batches(images, size, batch_size, progress)]
+        batches = self._batches(images, size, batch_size, progress)
+        outputs = [self.backbone(batch).float() for batch in batches]
         return torch.cat(outputs)
 
     @torch.inference_mode()

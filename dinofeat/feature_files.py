@@ -63,7 +63,8 @@ def save_features(path: str | os.PathLike[str], features: torch.Tensor, files: S
     if out.suffix not in FEATURE_SUFFIXES:
         raise ValueError(f"feature file must end in {' or '.join(FEATURE_SUFFIXES)}, got {out.name!r}")
     if features.ndim != 2 or features.shape[0] != len(files):
-        raise ValueError(f"expected ({len(files)}, D) features for {len(files)} files, got {tuple(features.shape)}")
+        raise ValueError(
+            f"expected ({len(files)}, D) features for {len(files)} files, got {tuple(features.shape)}")
     out.parent.mkdir(parents=True, exist_ok=True)
     array = features.detach().float().cpu().contiguous()
     if out.suffix == ".npy":

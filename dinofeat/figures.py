@@ -53,7 +53,8 @@ def attention_figure(image: np.ndarray, attn: torch.Tensor, patch_size: int, thr
     colours = [f"C{head % 10}" for head in range(heads)]
     for head in range(heads):
         if 0 < masks[head].sum() < masks[head].size:
-            axes[heads + 2].contour(masks[head].astype(float), levels=[0.5], colors=[colours[head]], linewidths=1)
+            axes[heads + 2].contour(masks[head].astype(float), levels=[0.5], colors=[colours[head]],
+                                    linewidths=1)
     axes[heads + 2].set_title(f"{threshold:.0%} masks")
     for axis in axes:
         axis.set_axis_off()

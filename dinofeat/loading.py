@@ -186,7 +186,8 @@ def load(
     """
     if isinstance(source, (ViTConfig, ResNetConfig, dict)):
         if arch is not None:
-            raise ValueError("pass weights as `source` and the architecture as `arch`, not both as architectures")
+            raise ValueError(
+                "pass weights as `source` and the architecture as `arch`, not both as architectures")
         return _finish(build_backbone(_as_arch(source)), PreprocessConfig(), None, device, dtype)
     text = os.fspath(source)
     if text.startswith(HF_HUB_PREFIX):

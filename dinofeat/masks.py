@@ -45,7 +45,9 @@ def attention_masks(attn: torch.Tensor, threshold: float = 0.6) -> torch.Tensor:
 
 
 def upsample_to_pixels(maps: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Nearest-neighbour upsampling by the patch size: (..., h, w) -> (..., h*P, w*P), each value a P x P block.
+    """Nearest-neighbour upsampling by the patch size: (..., h, w) -> (..., h*P, w*P).
+
+    Each value becomes a P x P block, as in the official visualisation.
 
     Example:
         >>> upsample_to_pixels(torch.arange(4.0).reshape(1, 1, 2, 2), 2)[0, 0]

@@ -42,7 +42,8 @@ def read_pth(path: str | os.PathLike[str]) -> Any:
     """``torch.load(path, weights_only=True)``, allowing only :data:`PTH_SAFE_GLOBALS` beyond tensors.
 
     Raises:
-        WeightsMismatchError: the file holds other pickled objects (named in the message) or is not a torch file.
+        WeightsMismatchError: the file holds other pickled objects (named in the message) or is not a
+            torch file.
     """
     try:
         with torch.serialization.safe_globals(PTH_SAFE_GLOBALS):

@@ -16,7 +16,8 @@ from dinofeat.preprocess import pil_geometry, to_normalized_tensor
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("image")
     parser.add_argument("--model", default="vit_s8")
     parser.add_argument("-o", "--output", default="attention.png")

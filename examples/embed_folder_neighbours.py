@@ -15,8 +15,10 @@ from dinofeat.inputs import list_image_files
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", nargs="?", default=str(Path(__file__).resolve().parents[2] / "shared/data/photos"))
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    photos = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
+    parser.add_argument("folder", nargs="?", default=str(photos))
     parser.add_argument("--model", default="vit_s16", help="zoo name, hf-hub:org/repo or a model folder")
     parser.add_argument("-k", type=int, default=3)
     args = parser.parse_args()
@@ -29,7 +31,8 @@ def main() -> None:
     k = min(args.k, len(files) - 1)
     scores, indices = similarity.topk(k, dim=1)
     for row, path in enumerate(files):
-        neighbours = ", ".join(f"{files[j].name} ({s:.3f})" for s, j in zip(scores[row].tolist(), indices[row].tolist()))
+        pairs = zip(scores[row].tolist(), indices[row].tolist(), strict=True)
+        neighbours = ", ".join(f"{files[j].name} ({s:.3f})" for s, j in pairs)
         print(f"{path.name:28s} -> {neighbours}")
 
 

@@ -43,8 +43,8 @@ def test_models_lists_the_zoo(capsys):
 @pytest.mark.parametrize("suffix", [".npy", ".safetensors"])
 def test_embed_writes_features_and_file_list(tiny_dir, images, tmp_path, suffix, capsys):
     out = tmp_path / f"feats{suffix}"
-    argv = ["embed", str(images), "--model", str(tiny_dir), "-o", str(out), "--batch-size", "2", "--size", "32",
-            "--device", "cpu"]
+    argv = ["embed", str(images), "--model", str(tiny_dir), "-o", str(out), "--batch-size", "2",
+            "--size", "32", "--device", "cpu"]
     assert main(argv) == 0
     features, files = load_features(out)
     assert features.shape == (3, 32)
@@ -77,8 +77,8 @@ def test_embed_unknown_model_suggests(images, tmp_path, capsys):
 
 def test_attention_figure(tiny_dir, images, tmp_path):
     out = tmp_path / "attn.png"
-    argv = ["attention", str(images / "0.png"), "--weights", str(tiny_dir), "-o", str(out), "--size", "32", "48",
-            "--threshold", "0.6", "--device", "cpu"]
+    argv = ["attention", str(images / "0.png"), "--weights", str(tiny_dir), "-o", str(out),
+            "--size", "32", "48", "--threshold", "0.6", "--device", "cpu"]
     assert main(argv) == 0
     with Image.open(out) as figure:
         assert figure.format == "PNG" and figure.width > figure.height > 100

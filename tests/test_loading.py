@@ -161,7 +161,8 @@ def test_official_dinov2_register_keys_convert(tmp_path):
                 param.normal_()
     official = {}
     for key, value in reference.state_dict().items():
-        key = key.replace("reg_token", "register_tokens").replace("mlp.fc1", "mlp.w12").replace("mlp.fc2", "mlp.w3")
+        key = key.replace("reg_token", "register_tokens")
+        key = key.replace("mlp.fc1", "mlp.w12").replace("mlp.fc2", "mlp.w3")
         official[key] = value.clone()
     cls_pos = torch.randn(1, 1, 32)
     official["pos_embed"] = torch.cat([cls_pos, official["pos_embed"]], dim=1)
@@ -229,7 +230,7 @@ def test_bare_file_needs_arch_and_missing_file_is_named(tmp_path):
     torch.save({}, tmp_path / "w.pth")
     with pytest.raises(ValueError, match="arch="):
         dinofeat.load(tmp_path / "w.pth")
-    with pytest.raises(FileNotFoundError, match="nope.pth"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.pth"):
         dinofeat.load(tmp_path / "nope.pth", arch=TINY_VIT)
 
 

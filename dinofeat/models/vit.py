@@ -57,7 +57,8 @@ class DinoVisionTransformer(VisionTransformer):
 
     Example:
         >>> from dinofeat.config import ViTConfig
-        >>> vit = DinoVisionTransformer(ViTConfig(patch_size=8, embed_dim=32, depth=2, num_heads=2, img_size=32))
+        >>> cfg = ViTConfig(patch_size=8, embed_dim=32, depth=2, num_heads=2, img_size=32)
+        >>> vit = DinoVisionTransformer(cfg)
         >>> vit(torch.randn(1, 3, 40, 48)).shape
         torch.Size([1, 32])
     """
