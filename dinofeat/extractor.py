@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from dinofeat.config import PreprocessConfig
 from dinofeat.inputs import count_images, iter_batches
 from dinofeat.masks import upsample_to_pixels
-from dinofeat.models import DinoResNet, DinoVisionTransformer, TokenOutput
+from dinofeat.models import Backbone, DinoResNet, DinoVisionTransformer, TokenOutput
 from dinofeat.preprocess import Size
 
 PROGRESS_MIN_BATCHES = 4
@@ -46,9 +46,9 @@ class FeatureExtractor(nn.Module):
         torch.Size([1, 2, 4, 6])
     """
 
-    def __init__(self, backbone: nn.Module, preprocess: PreprocessConfig, name: str | None = None) -> None:
+    def __init__(self, backbone: Backbone, preprocess: PreprocessConfig, name: str | None = None) -> None:
         super().__init__()
-        self.backbone = backbone
+        self.backbone: Backbone = backbone
         self.preprocess = preprocess
         self.name = name
         self.eval()
@@ -61,6 +61,11 @@ class FeatureExtractor(nn.Module):
     @property
     def embed_dim(self) -> int:
         return int(self.backbone.config.embed_dim)
+
+    @property
+    def patch_size(self) -> int | None:
+        """Pixels per patch side (None for a CNN)."""
+        return self.backbone.config.patch_size if isinstance(self.backbone, DinoVisionTransformer) else None
 
     @property
     def device(self) -> torch.device:
@@ -105,7 +110,8 @@ class FeatureExtractor(nn.Module):
 
         Unlike the other methods it keeps autograd, so the module can be fine-tuned.
         """
-        return self.backbone(x.to(self.device, self.dtype)).float()
+        features: torch.Tensor = self.backbone(x.to(self.device, self.dtype))
+        return features.float()
 
     @torch.inference_mode()
     def embed(self, images: Any, *, size: Size | None = None, batch_size: int = 64,

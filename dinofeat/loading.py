@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from dinofeat import convert
 from dinofeat.config import ArchConfig, ModelSpec, PreprocessConfig, ResNetConfig, ViTConfig, arch_from_dict
@@ -27,7 +26,7 @@ from dinofeat.hub_format import (
     load_state_dict_strict,
     read_config,
 )
-from dinofeat.models import build_backbone
+from dinofeat.models import Backbone, build_backbone
 from dinofeat.registry import ZOO, get_spec
 from dinofeat.weight_files import read_safetensors, read_weights
 
@@ -45,7 +44,7 @@ def _as_arch(arch: ArchLike) -> ArchConfig:
     return arch_from_dict(dict(arch))
 
 
-def _finish(backbone: nn.Module, preprocess: PreprocessConfig, name: str | None,
+def _finish(backbone: Backbone, preprocess: PreprocessConfig, name: str | None,
             device: str | torch.device | None, dtype: torch.dtype | None) -> FeatureExtractor:
     target = torch.device(device) if device is not None else auto_device()
     extractor = FeatureExtractor(backbone, preprocess, name=name)
@@ -59,7 +58,7 @@ def _to_backbone_keys(state: dict[str, torch.Tensor], arch: ArchConfig) -> dict[
     return convert.resnet_official_to_timm(state)
 
 
-def _build_strict(arch: ArchConfig, state: dict[str, torch.Tensor], origin: str) -> nn.Module:
+def _build_strict(arch: ArchConfig, state: dict[str, torch.Tensor], origin: str) -> Backbone:
     backbone = build_backbone(arch)
     load_state_dict_strict(backbone, state, origin)
     return backbone
@@ -80,7 +79,7 @@ def parse_hf_hub(source: str) -> tuple[str, str | None]:
 
 
 def _from_folder_files(config: dict[str, Any], weights: Path, origin: str
-                       ) -> tuple[nn.Module, PreprocessConfig, str | None]:
+                       ) -> tuple[Backbone, PreprocessConfig, str | None]:
     """Build from a ``config.json`` dict (dinofeat or transformers format) and its safetensors file."""
     state = read_safetensors(weights)
     if is_dinofeat_config(config):
@@ -96,7 +95,7 @@ def _from_folder_files(config: dict[str, Any], weights: Path, origin: str
     )
 
 
-def _load_folder(folder: Path) -> tuple[nn.Module, PreprocessConfig, str | None]:
+def _load_folder(folder: Path) -> tuple[Backbone, PreprocessConfig, str | None]:
     config = read_config(folder / CONFIG_FILE)
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
@@ -105,7 +104,7 @@ def _load_folder(folder: Path) -> tuple[nn.Module, PreprocessConfig, str | None]
     return backbone, preprocess, name or folder.name
 
 
-def _load_hf_hub(source: str) -> tuple[nn.Module, PreprocessConfig, str | None]:
+def _load_hf_hub(source: str) -> tuple[Backbone, PreprocessConfig, str | None]:
     repo, revision = parse_hf_hub(source)
     config = read_config(hf_file(repo, CONFIG_FILE, revision))
     weights = hf_file(repo, WEIGHTS_FILE, revision)
@@ -113,7 +112,7 @@ def _load_hf_hub(source: str) -> tuple[nn.Module, PreprocessConfig, str | None]:
     return backbone, preprocess, name or repo
 
 
-def _zoo_weights(spec: ModelSpec) -> nn.Module:
+def _zoo_weights(spec: ModelSpec) -> Backbone:
     """Fetch a zoo model's weights (Hub, URL or bundled) and load them strictly."""
     src = spec.source
     if src.package_path is not None:
@@ -134,7 +133,7 @@ def _zoo_weights(spec: ModelSpec) -> nn.Module:
 
 
 def _load_file(path: Path, arch: ArchLike | None, checkpoint_key: str
-               ) -> tuple[nn.Module, PreprocessConfig, str | None]:
+               ) -> tuple[Backbone, PreprocessConfig, str | None]:
     if arch is None:
         raise ValueError(
             f"{path} is a bare weights file: pass arch= (a zoo name such as 'vit_s16', a ViTConfig, "

@@ -44,7 +44,8 @@ def pil_geometry(config: PreprocessConfig, size: Size | None = None) -> Callable
         if height <= 0 or width <= 0:
             raise ValueError(f"size must be positive, got {size}")
         steps = [T.Resize((height, width), interpolation=interpolation)]
-    return T.Compose(list(steps))
+    compose: Callable[[Image.Image], Image.Image] = T.Compose(list(steps))
+    return compose
 
 
 def to_normalized_tensor(image: Image.Image | torch.Tensor, config: PreprocessConfig) -> torch.Tensor:

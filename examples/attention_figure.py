@@ -32,7 +32,7 @@ def main() -> None:
     masks = dinofeat.attention_masks(attn, args.threshold)
     print(f"{attn.shape[0]} heads on a {attn.shape[1]}x{attn.shape[2]} grid; patches kept per head: "
           f"{masks.sum(dim=(1, 2)).tolist()}")
-    fig = attention_figure(np.asarray(picture), attn, model.backbone.config.patch_size, args.threshold)
+    fig = attention_figure(np.asarray(picture), attn, model.patch_size or 1, args.threshold)
     print(f"wrote {save_figure(fig, args.output)}")
 
 

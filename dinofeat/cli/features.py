@@ -99,8 +99,8 @@ def run_attention(args: argparse.Namespace) -> int:
     picture = pil_geometry(model.preprocess, size)(open_image(args.image))
     # The picture is already at its final size: give the network exactly those pixels.
     attn = model.cls_attention(to_normalized_tensor(picture, model.preprocess).unsqueeze(0))[0]
-    patch = model.backbone.config.patch_size
-    fig = attention_figure(np.asarray(picture), attn, patch, args.threshold)
+    assert model.patch_size is not None  # cls_attention has already refused a CNN
+    fig = attention_figure(np.asarray(picture), attn, model.patch_size, args.threshold)
     out = save_figure(fig, args.output)
     print(f"wrote attention figure ({attn.shape[0]} heads, {attn.shape[1]}x{attn.shape[2]} patches) to {out}",
           file=sys.stderr)
