@@ -11,6 +11,7 @@ from dinofeat.config import HubSource, ModelSpec, PreprocessConfig, ResNetConfig
 from dinofeat.errors import DinofeatError, ImageReadError, OfflineModelError, WeightsMismatchError
 from dinofeat.extractor import FeatureExtractor
 from dinofeat.loading import load
+from dinofeat.masks import attention_masks
 from dinofeat.registry import get_spec, list_models
 
 __version__ = "0.1.0"
@@ -27,6 +28,7 @@ __all__ = [
     "ViTConfig",
     "WeightsMismatchError",
     "__version__",
+    "attention_masks",
     "get_spec",
     "list_models",
     "load",

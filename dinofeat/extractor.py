@@ -11,7 +11,8 @@ from tqdm.auto import tqdm
 
 from dinofeat.config import PreprocessConfig
 from dinofeat.inputs import count_images, iter_batches
-from dinofeat.models import DinoResNet, DinoVisionTransformer, TokenOutput
+from dinofeat.masks import upsample_to_pixels
+from dinofeat.models import Backbone, DinoResNet, DinoVisionTransformer, TokenOutput
 from dinofeat.preprocess import Size
 
 PROGRESS_MIN_BATCHES = 4
@@ -45,9 +46,9 @@ class FeatureExtractor(nn.Module):
         torch.Size([1, 2, 4, 6])
     """
 
-    def __init__(self, backbone: nn.Module, preprocess: PreprocessConfig, name: str | None = None) -> None:
+    def __init__(self, backbone: Backbone, preprocess: PreprocessConfig, name: str | None = None) -> None:
         super().__init__()
-        self.backbone = backbone
+        self.backbone: Backbone = backbone
         self.preprocess = preprocess
         self.name = name
         self.eval()
@@ -60,6 +61,11 @@ class FeatureExtractor(nn.Module):
     @property
     def embed_dim(self) -> int:
         return int(self.backbone.config.embed_dim)
+
+    @property
+    def patch_size(self) -> int | None:
+        """Pixels per patch side (None for a CNN)."""
+        return self.backbone.config.patch_size if isinstance(self.backbone, DinoVisionTransformer) else None
 
     @property
     def device(self) -> torch.device:
@@ -79,12 +85,16 @@ class FeatureExtractor(nn.Module):
         n_batches = -(-total // batch_size)
         show = progress if progress is not None else n_batches >= PROGRESS_MIN_BATCHES
         batches = iter_batches(images, self.preprocess, size, batch_size)
-        for batch in tqdm(batches, total=n_batches, disable=not show, desc=self.name or "dinofeat", unit="batch"):
+        bar = tqdm(batches, total=n_batches, disable=not show, desc=self.name or "dinofeat", unit="batch")
+        for batch in bar:
             yield batch.to(self.device, self.dtype, non_blocking=True)
 
     def _vit(self, what: str) -> DinoVisionTransformer:
         if not isinstance(self.backbone, DinoVisionTransformer):
-            raise TypeError(f"{what} needs a Vision Transformer; {self.name or 'this model'} is a CNN")
+            raise TypeError(
+                f"{what} needs a Vision Transformer; {self.name or 'this model'} is a CNN "
+                f"({type(self.backbone).__name__}) and has no attention (use embed or patch_tokens)"
+            )
         return self.backbone
 
     @torch.inference_mode()
@@ -95,16 +105,20 @@ class FeatureExtractor(nn.Module):
             yield vit.forward_tokens(batch, cls_attention=cls_attention, blocks=blocks)
 
     # ------------------------------------------------------------------ public API
-    @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """CLS feature of a preprocessed batch (N, 3, H, W), like the official model's forward."""
-        return self.backbone(x.to(self.device, self.dtype)).float()
+        """CLS feature of a preprocessed batch (N, 3, H, W), like the official model's forward.
+
+        Unlike the other methods it keeps autograd, so the module can be fine-tuned.
+        """
+        features: torch.Tensor = self.backbone(x.to(self.device, self.dtype))
+        return features.float()
 
     @torch.inference_mode()
     def embed(self, images: Any, *, size: Size | None = None, batch_size: int = 64,
               progress: bool | None = None) -> torch.Tensor:
         """Global features (N, D): the CLS token after the final norm (ResNet: average-pooled map)."""
-        outputs = [self.backbone(batch).float() for batch in self._batches(images, size, batch_size, progress)]
+        batches = self._batches(images, size, batch_size, progress)
+        outputs = [self.backbone(batch).float() for batch in batches]
         return torch.cat(outputs)
 
     @torch.inference_mode()
@@ -140,18 +154,41 @@ class FeatureExtractor(nn.Module):
                  for out in self._tokens(images, size, batch_size, progress, blocks=blocks)]
         return torch.cat(parts, dim=1)
 
-    def cls_attention(self, images: Any, *, size: Size | None = None, batch_size: int = 64,
-                      progress: bool | None = None) -> torch.Tensor:
+    def cls_attention(self, images: Any, *, size: Size | None = None, upsample: bool = False,
+                      batch_size: int = 64, progress: bool | None = None) -> torch.Tensor:
         """Last block's CLS-to-patch attention per head: (N, heads, h, w).
 
         The softmax row of the CLS query over all keys, with the CLS (and register) keys
-        dropped and not renormalised, as the official ``visualize_attention.py`` does.
+        dropped and not renormalised, as the official ``visualize_attention.py`` does. It comes
+        from the same forward pass as the features; every other block keeps the fused kernel.
+
+        Args:
+            images: Any accepted input (see the class docstring).
+            size: Preprocessing size (None: the model's own).
+            upsample: Nearest-neighbour upsampling by the patch size to pixels,
+                (N, heads, h*P, w*P), as the official script does before saving images.
+            batch_size: Images per forward pass.
+            progress: Show a progress bar (default: only for long inputs).
+
+        Returns:
+            float32 maps on the model's device.
+
+        Raises:
+            TypeError: the model is a CNN (ResNet-50 has no attention).
+
+        Example:
+            >>> import dinofeat, torch
+            >>> model = dinofeat.load({"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2,
+            ...                        "img_size": 32}, device="cpu")
+            >>> model.cls_attention(torch.randn(1, 3, 32, 48), upsample=True).shape
+            torch.Size([1, 2, 32, 48])
         """
-        self._vit("cls_attention")
+        vit = self._vit("cls_attention")
         maps = []
         for out in self._tokens(images, size, batch_size, progress, cls_attention=True):
             assert out.cls_attention is not None
             h, w = out.grid
             patch_part = out.cls_attention[:, :, out.num_prefix:]
             maps.append(patch_part.reshape(patch_part.shape[0], patch_part.shape[1], h, w).float())
-        return torch.cat(maps)
+        result = torch.cat(maps)
+        return upsample_to_pixels(result, vit.config.patch_size) if upsample else result

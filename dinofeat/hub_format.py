@@ -171,5 +171,6 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]
             more = f" (+{len(items) - 10} more)" if len(items) > 10 else ""
             problems.append(f"{label}: {', '.join(items[:10])}{more}")
     if problems:
-        raise WeightsMismatchError(f"weights from {origin} do not fit the architecture; " + "; ".join(problems))
+        raise WeightsMismatchError(
+            f"weights from {origin} do not fit the architecture; " + "; ".join(problems))
     model.load_state_dict(state_dict, strict=True)

@@ -118,11 +118,13 @@ def iter_batches(
         if images.ndim == 3:
             images = images.unsqueeze(0)
         if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"a float tensor must be a preprocessed batch (N, 3, H, W), got {tuple(images.shape)}")
+            raise ValueError(
+                f"a float tensor must be a preprocessed batch (N, 3, H, W), got {tuple(images.shape)}")
         yield from images.split(batch_size)
         return
     if isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.ndim not in (3, 4):
-        raise ValueError(f"a uint8 tensor must have shape (3, H, W) or (N, 3, H, W), got {tuple(images.shape)}")
+        raise ValueError(
+            f"a uint8 tensor must have shape (3, H, W) or (N, 3, H, W), got {tuple(images.shape)}")
     geometry = pil_geometry(config, size)
     items = _expand(images)
     batch: list[torch.Tensor] = []

@@ -1,4 +1,10 @@
-"""``dinofeat.load``: one entry point for every way a DINO model can be named."""
+"""``dinofeat.load``: one entry point for every way a DINO model can be named.
+
+Sources, tried in this order: an architecture (random init); ``hf-hub:org/repo[@revision]``;
+a zoo name; a local folder (dinofeat format or HF transformers format); a bare weights file
+(``.safetensors``, an official ``.pth`` state dict or full training checkpoint). Every path
+ends in :func:`~dinofeat.hub_format.load_state_dict_strict`: a key that does not fit is an error.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +13,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from dinofeat.config import ArchConfig, PreprocessConfig, ResNetConfig, ViTConfig, arch_from_dict
+from dinofeat import convert
+from dinofeat.config import ArchConfig, ModelSpec, PreprocessConfig, ResNetConfig, ViTConfig, arch_from_dict
+from dinofeat.download import hf_file, package_folder, url_file
 from dinofeat.extractor import FeatureExtractor, auto_device
-from dinofeat.hub_format import load_pretrained_dir, load_state_dict_strict
-from dinofeat.models import build_backbone
+from dinofeat.hub_format import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    HubConfig,
+    is_dinofeat_config,
+    load_state_dict_strict,
+    read_config,
+)
+from dinofeat.models import Backbone, build_backbone
 from dinofeat.registry import ZOO, get_spec
+from dinofeat.weight_files import read_safetensors, read_weights
 
 Source = str | os.PathLike[str] | ArchConfig | dict[str, Any]
+ArchLike = ArchConfig | dict[str, Any] | str
+
+HF_HUB_PREFIX = "hf-hub:"
 
 
-def _as_arch(arch: ArchConfig | dict[str, Any] | str) -> ArchConfig:
+def _as_arch(arch: ArchLike) -> ArchConfig:
     if isinstance(arch, (ViTConfig, ResNetConfig)):
         return arch
     if isinstance(arch, str):
@@ -26,31 +44,138 @@ def _as_arch(arch: ArchConfig | dict[str, Any] | str) -> ArchConfig:
     return arch_from_dict(dict(arch))
 
 
-def _finish(backbone: nn.Module, preprocess: PreprocessConfig, name: str | None,
+def _finish(backbone: Backbone, preprocess: PreprocessConfig, name: str | None,
             device: str | torch.device | None, dtype: torch.dtype | None) -> FeatureExtractor:
     target = torch.device(device) if device is not None else auto_device()
     extractor = FeatureExtractor(backbone, preprocess, name=name)
     return extractor.to(device=target, dtype=dtype) if dtype is not None else extractor.to(target)
 
 
+def _to_backbone_keys(state: dict[str, torch.Tensor], arch: ArchConfig) -> dict[str, torch.Tensor]:
+    """Official / timm key layouts -> the backbone's (a no-op for files already in timm layout)."""
+    if isinstance(arch, ViTConfig):
+        return convert.dinov2_official_to_timm(state, arch)
+    return convert.resnet_official_to_timm(state)
+
+
+def _build_strict(arch: ArchConfig, state: dict[str, torch.Tensor], origin: str) -> Backbone:
+    backbone = build_backbone(arch)
+    load_state_dict_strict(backbone, state, origin)
+    return backbone
+
+
+def parse_hf_hub(source: str) -> tuple[str, str | None]:
+    """``"hf-hub:org/repo@rev"`` -> ``("org/repo", "rev")``; the revision is None when absent.
+
+    Example:
+        >>> parse_hf_hub("hf-hub:facebook/dino-vits16@main")
+        ('facebook/dino-vits16', 'main')
+    """
+    body = source[len(HF_HUB_PREFIX):] if source.startswith(HF_HUB_PREFIX) else source
+    repo, _, revision = body.partition("@")
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise ValueError(f"expected hf-hub:org/repo[@revision], got {source!r}")
+    return repo, revision or None
+
+
+def _from_folder_files(config: dict[str, Any], weights: Path, origin: str
+                       ) -> tuple[Backbone, PreprocessConfig, str | None]:
+    """Build from a ``config.json`` dict (dinofeat or transformers format) and its safetensors file."""
+    state = read_safetensors(weights)
+    if is_dinofeat_config(config):
+        hub_config = HubConfig.from_dict(config, origin=f"{origin}/{CONFIG_FILE}")
+        return _build_strict(hub_config.arch, state, origin), hub_config.preprocess, hub_config.name
+    if "model_type" in config:
+        arch = convert.vit_config_from_transformers(config, state)
+        timm_state = convert.transformers_to_timm(state, arch)
+        return _build_strict(arch, timm_state, origin), PreprocessConfig(), None
+    raise ValueError(
+        f"{origin}/{CONFIG_FILE} is neither a dinofeat config (format 'dinofeat') nor an HF transformers "
+        "config (model_type vit / dinov2)"
+    )
+
+
+def _load_folder(folder: Path) -> tuple[Backbone, PreprocessConfig, str | None]:
+    config = read_config(folder / CONFIG_FILE)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"no {WEIGHTS_FILE} in {folder}")
+    backbone, preprocess, name = _from_folder_files(config, weights, str(folder))
+    return backbone, preprocess, name or folder.name
+
+
+def _load_hf_hub(source: str) -> tuple[Backbone, PreprocessConfig, str | None]:
+    repo, revision = parse_hf_hub(source)
+    config = read_config(hf_file(repo, CONFIG_FILE, revision))
+    weights = hf_file(repo, WEIGHTS_FILE, revision)
+    backbone, preprocess, name = _from_folder_files(config, weights, f"hf-hub:{repo}")
+    return backbone, preprocess, name or repo
+
+
+def _zoo_weights(spec: ModelSpec) -> Backbone:
+    """Fetch a zoo model's weights (Hub, URL or bundled) and load them strictly."""
+    src = spec.source
+    if src.package_path is not None:
+        with package_folder(src.package_path) as folder:
+            return _load_folder(folder)[0]
+    if src.repo_id is not None:
+        if src.layout == "dinofeat" or src.layout == "transformers":
+            return _load_hf_hub(f"{HF_HUB_PREFIX}{src.repo_id}@{src.revision}")[0]
+        path = hf_file(src.repo_id, src.filename, src.revision)
+        origin = f"hf-hub:{src.repo_id}/{src.filename}@{src.revision}"
+    elif src.url is not None:
+        path = url_file(src.url)
+        origin = src.url
+    else:
+        raise ValueError(f"zoo entry {spec.name!r} names no weights source")
+    state = convert.backbone_from_checkpoint(read_weights(path))
+    return _build_strict(spec.arch, _to_backbone_keys(state, spec.arch), origin)
+
+
+def _load_file(path: Path, arch: ArchLike | None, checkpoint_key: str
+               ) -> tuple[Backbone, PreprocessConfig, str | None]:
+    if arch is None:
+        raise ValueError(
+            f"{path} is a bare weights file: pass arch= (a zoo name such as 'vit_s16', a ViTConfig, "
+            "or a dict of ViT hyper-parameters: patch_size, embed_dim, depth, num_heads, ...)"
+        )
+    config = _as_arch(arch)
+    preprocess = get_spec(arch).preprocess if isinstance(arch, str) else PreprocessConfig()
+    state = convert.backbone_from_checkpoint(read_weights(path), checkpoint_key)
+    return _build_strict(config, _to_backbone_keys(state, config), str(path)), preprocess, path.stem
+
+
 def load(
     source: Source,
     *,
-    arch: ArchConfig | dict[str, Any] | str | None = None,
+    arch: ArchLike | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     pretrained: bool = True,
+    checkpoint_key: str = "teacher",
 ) -> FeatureExtractor:
     """Load a DINO model as a :class:`~dinofeat.extractor.FeatureExtractor`.
 
     Args:
-        source: A zoo name (``"vit_s8"``, see :func:`dinofeat.list_models`); a local folder in
-            dinofeat's Hub format; an architecture (:class:`~dinofeat.config.ViTConfig` or a
+        source: A zoo name (``"vit_s8"``, see :func:`dinofeat.list_models`);
+            ``"hf-hub:org/repo[@revision]"`` (a dinofeat-format repository, or an HF transformers
+            ViT / DINOv2 repository such as ``facebook/dino-vits16``); a local folder in either
+            format; a bare weights file (``.safetensors``, official ``.pth`` state dict or full
+            training checkpoint); or an architecture (:class:`~dinofeat.config.ViTConfig` or a
             dict of its fields) for a randomly initialised model.
-        arch: Architecture of a bare weights file.
+        arch: Architecture of a bare weights file: a zoo name, a ViTConfig or a dict.
         device: Defaults to cuda, then mps, then cpu.
-        dtype: E.g. ``torch.bfloat16`` on a GPU; float32 by default.
-        pretrained: With a zoo name, ``False`` builds the architecture without downloading weights.
+        dtype: E.g. ``torch.bfloat16`` on a GPU; float32 by default. Outputs are float32 regardless.
+        pretrained: With a zoo name, ``False`` builds the architecture without fetching weights.
+        checkpoint_key: Network taken from a full training checkpoint (``"teacher"`` or ``"student"``).
+
+    Returns:
+        The model in eval mode on ``device``.
+
+    Raises:
+        KeyError: unknown zoo name (with close matches).
+        WeightsMismatchError: weights that do not fit the architecture (naming the keys).
+        OfflineModelError: ``HF_HUB_OFFLINE=1`` and the weights are not cached.
 
     Example:
         >>> import dinofeat
@@ -59,22 +184,23 @@ def load(
         384
     """
     if isinstance(source, (ViTConfig, ResNetConfig, dict)):
-        if pretrained and arch is not None:
-            raise ValueError("pass weights as `source` and the architecture as `arch`, not both as architectures")
-        config = _as_arch(source)
-        return _finish(build_backbone(config), PreprocessConfig(), None, device, dtype)
+        if arch is not None:
+            raise ValueError(
+                "pass weights as `source` and the architecture as `arch`, not both as architectures")
+        return _finish(build_backbone(_as_arch(source)), PreprocessConfig(), None, device, dtype)
     text = os.fspath(source)
+    if text.startswith(HF_HUB_PREFIX):
+        return _finish(*_load_hf_hub(text), device, dtype)
     if text in ZOO:
         spec = ZOO[text]
-        backbone = build_backbone(spec.arch)
-        if pretrained:
-            raise NotImplementedError("downloading zoo weights is not implemented yet")
+        backbone = _zoo_weights(spec) if pretrained else build_backbone(spec.arch)
         return _finish(backbone, spec.preprocess, spec.name, device, dtype)
     path = Path(text)
     if path.is_dir():
-        hub_config, state = load_pretrained_dir(path)
-        backbone = build_backbone(hub_config.arch)
-        load_state_dict_strict(backbone, state, str(path))
-        return _finish(backbone, hub_config.preprocess, hub_config.name or path.name, device, dtype)
+        return _finish(*_load_folder(path), device, dtype)
+    if path.is_file():
+        return _finish(*_load_file(path, arch, checkpoint_key), device, dtype)
+    if path.suffix or os.sep in text:
+        raise FileNotFoundError(f"no such model folder or weights file: {text}")
     get_spec(text)  # raises KeyError with close matches for anything else
     raise AssertionError("unreachable")

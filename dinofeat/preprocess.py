@@ -44,15 +44,13 @@ def pil_geometry(config: PreprocessConfig, size: Size | None = None) -> Callable
         if height <= 0 or width <= 0:
             raise ValueError(f"size must be positive, got {size}")
         steps = [T.Resize((height, width), interpolation=interpolation)]
-    return T.Compose(list(steps))
+    compose: Callable[[Image.Image], Image.Image] = T.Compose(list(steps))
+    return compose
 
 
 def to_normalized_tensor(image: Image.Image | torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
     """uint8 HWC PIL image or (3, H, W) uint8 tensor -> float32 (3, H, W), scaled to [0, 1] and normalised."""
-    if isinstance(image, Image.Image):
-        tensor = T.functional.pil_to_tensor(image)
-    else:
-        tensor = image
+    tensor = T.functional.pil_to_tensor(image) if isinstance(image, Image.Image) else image
     pixels = tensor.float().div(255.0)
     mean = torch.tensor(config.mean, dtype=torch.float32).view(3, 1, 1)
     std = torch.tensor(config.std, dtype=torch.float32).view(3, 1, 1)

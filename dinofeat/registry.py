@@ -43,7 +43,8 @@ def _dinov2(size: str, dim: int, depth: int, heads: int, registers: bool,
             knn: float, linear: float, params: float) -> ModelSpec:
     letter = size[0]
     reg = "_reg" if registers else ""
-    timm_name = f"vit_{size}_patch14{'_reg4' if registers else ''}_dinov2.lvd142m"
+    reg4 = "_reg4" if registers else ""
+    timm_name = f"vit_{size}_patch14{reg4}_dinov2.lvd142m"
     giant = size == "giant"
     return ModelSpec(
         name=f"dinov2_vit{letter}14{reg}",
@@ -65,7 +66,7 @@ def _dinov2(size: str, dim: int, depth: int, heads: int, registers: bool,
         ),
         source=HubSource(
             repo_id=f"timm/{timm_name}",
-            url=f"{_DINOV2_URL}/dinov2_vit{letter}14/dinov2_vit{letter}14{'_reg4' if registers else ''}_pretrain.pth",
+            url=f"{_DINOV2_URL}/dinov2_vit{letter}14/dinov2_vit{letter}14{reg4}_pretrain.pth",
         ),
         description=f"DINOv2 ViT-{letter.upper()}/14{' with 4 registers' if registers else ''}, LVD-142M",
         paper=_REGISTERS_PAPER if registers else _DINOV2_PAPER,

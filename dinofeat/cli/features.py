@@ -1,20 +1,107 @@
-"""``dinofeat models`` (and, from the core library, ``embed`` / ``attention``)."""
+"""``dinofeat models``, ``dinofeat embed`` and ``dinofeat attention``."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from dinofeat.extractor import FeatureExtractor
+from dinofeat.feature_files import save_features
+from dinofeat.figures import attention_figure, save_figure
+from dinofeat.inputs import list_image_files, open_image
+from dinofeat.loading import load
+from dinofeat.preprocess import Size, pil_geometry, to_normalized_tensor
 from dinofeat.registry import list_models
+
+DEFAULT_MODEL = "vit_s16"
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-m", "--model", "--weights", dest="model", default=DEFAULT_MODEL,
+                        help="zoo name, hf-hub:org/repo[@rev], a model folder or a weights file "
+                             f"(default {DEFAULT_MODEL})")
+    parser.add_argument("--arch", help="architecture of a bare weights file: a zoo name")
+    parser.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
 
 
 def add_parsers(subparsers: Any) -> None:
     models = subparsers.add_parser("models", help="list the model zoo")
     models.set_defaults(func=run_models)
 
+    embed = subparsers.add_parser("embed", help="CLS features of images -> .npy or .safetensors")
+    embed.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    embed.add_argument("-o", "--output", required=True, help="output .npy (+ .txt file list) or .safetensors")
+    embed.add_argument("--batch-size", type=int, default=64)
+    embed.add_argument("--size", type=int, nargs="+", metavar="PX",
+                       help="crop size S (keeps the resize ratio) or H W (resize, no crop); default 224 crop")
+    _add_model_options(embed)
+    embed.set_defaults(func=run_embed)
+
+    attention = subparsers.add_parser("attention", help="paper-style CLS attention figure of one image")
+    attention.add_argument("image")
+    attention.add_argument("-o", "--output", required=True, help="figure file (.png, .pdf, .svg)")
+    attention.add_argument("--size", type=int, nargs=2, default=[480, 480], metavar=("H", "W"))
+    attention.add_argument("--threshold", type=float, default=0.6, help="attention mass kept by the masks")
+    _add_model_options(attention)
+    attention.set_defaults(func=run_attention)
+
+
+def _size(values: list[int] | None) -> Size | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    if len(values) == 2:
+        return (values[0], values[1])
+    raise ValueError(f"--size takes one value (crop) or two (H W), got {len(values)}")
+
+
+def _load(args: argparse.Namespace) -> FeatureExtractor:
+    return load(args.model, arch=args.arch, device=args.device)
+
 
 def run_models(args: argparse.Namespace) -> int:
     for spec in list_models():
         knn = f"{spec.knn_top1:.1f}" if spec.knn_top1 is not None else "-"
         print(f"{spec.name:22s} dim {spec.embed_dim:5d}  k-NN {knn:>5s}  {spec.description}")
+    return 0
+
+
+def _image_files(paths: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for item in paths:
+        path = Path(item)
+        if path.is_dir():
+            files.extend(list_image_files(path))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"no such image file or folder: {item}")
+    return files
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    files = _image_files(args.paths)
+    model = _load(args)
+    features = model.embed(files, size=_size(args.size), batch_size=args.batch_size, progress=True)
+    out = save_features(args.output, features, [str(f) for f in files], model=model.name)
+    print(f"wrote {tuple(features.shape)} features of {len(files)} images to {out}", file=sys.stderr)
+    return 0
+
+
+def run_attention(args: argparse.Namespace) -> int:
+    model = _load(args)
+    size = (args.size[0], args.size[1])
+    picture = pil_geometry(model.preprocess, size)(open_image(args.image))
+    # The picture is already at its final size: give the network exactly those pixels.
+    attn = model.cls_attention(to_normalized_tensor(picture, model.preprocess).unsqueeze(0))[0]
+    assert model.patch_size is not None  # cls_attention has already refused a CNN
+    fig = attention_figure(np.asarray(picture), attn, model.patch_size, args.threshold)
+    out = save_figure(fig, args.output)
+    print(f"wrote attention figure ({attn.shape[0]} heads, {attn.shape[1]}x{attn.shape[2]} patches) to {out}",
+          file=sys.stderr)
     return 0

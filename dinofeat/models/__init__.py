@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from torch import nn
-
 from dinofeat.config import ArchConfig, ResNetConfig, ViTConfig
 from dinofeat.models.resnet import DinoResNet
 from dinofeat.models.vit import DinoVisionTransformer, TokenOutput
 
-__all__ = ["DinoResNet", "DinoVisionTransformer", "TokenOutput", "build_backbone"]
+__all__ = ["Backbone", "DinoResNet", "DinoVisionTransformer", "TokenOutput", "build_backbone"]
+
+#: What :func:`build_backbone` returns.
+Backbone = DinoVisionTransformer | DinoResNet
 
 
-def build_backbone(arch: ArchConfig) -> nn.Module:
+def build_backbone(arch: ArchConfig) -> Backbone:
     """Build an untrained backbone (random initialisation) for ``arch``.
 
     The trainer builds its student and teacher here, and :func:`dinofeat.load` builds the

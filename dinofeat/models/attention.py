@@ -10,6 +10,8 @@ The extra cost is one (heads x 1 x N) product per image.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,10 +28,12 @@ def block_with_cls_attention(block: nn.Module, x: torch.Tensor) -> tuple[torch.T
         The block output (B, N, D), bit-for-bit what ``block(x)`` gives, and the CLS row of the
         attention probabilities (B, heads, N), each row summing to 1 over all N keys.
     """
-    attn = block.attn
+    # timm's Block / Attention attributes are untyped nn.Module members; read them dynamically.
+    blk: Any = block
+    attn: Any = blk.attn
     if getattr(attn, "gate", None) is not None:
         raise NotImplementedError("gated attention is not supported for attention extraction")
-    y = block.norm1(x)
+    y = blk.norm1(x)
     batch, n_tokens, _ = y.shape
     qkv = attn.qkv(y).reshape(batch, n_tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
@@ -44,6 +48,6 @@ def block_with_cls_attention(block: nn.Module, x: torch.Tensor) -> tuple[torch.T
         out = weights @ v
     out = out.transpose(1, 2).reshape(batch, n_tokens, attn.attn_dim)
     out = attn.proj_drop(attn.proj(attn.norm(out)))
-    x = x + block.drop_path1(block.ls1(out))
-    x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+    x = x + blk.drop_path1(blk.ls1(out))
+    x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
     return x, cls_attention

@@ -19,7 +19,12 @@ class DinoResNet(ResNet):
     def __init__(self, config: ResNetConfig) -> None:
         if config.depth != 50:
             raise ValueError(f"only ResNet-50 is supported, got depth {config.depth}")
-        super().__init__(block=Bottleneck, layers=(3, 4, 6, 3), num_classes=0, global_pool="avg")
+        super().__init__(
+            block=Bottleneck,  # type: ignore[arg-type]  # timm annotates an instance, takes the class
+            layers=(3, 4, 6, 3),
+            num_classes=0,
+            global_pool="avg",
+        )
         self.config = config
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import torch
-from timm.layers import Mlp, SwiGLUPacked
+from timm.layers.mlp import Mlp, SwiGLUPacked
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -57,7 +57,8 @@ class DinoVisionTransformer(VisionTransformer):
 
     Example:
         >>> from dinofeat.config import ViTConfig
-        >>> vit = DinoVisionTransformer(ViTConfig(patch_size=8, embed_dim=32, depth=2, num_heads=2, img_size=32))
+        >>> cfg = ViTConfig(patch_size=8, embed_dim=32, depth=2, num_heads=2, img_size=32)
+        >>> vit = DinoVisionTransformer(cfg)
         >>> vit(torch.randn(1, 3, 40, 48)).shape
         torch.Size([1, 32])
     """
@@ -78,7 +79,7 @@ class DinoVisionTransformer(VisionTransformer):
             num_classes=0,
             global_pool="token",
             norm_layer=partial(nn.LayerNorm, eps=config.layer_norm_eps),
-            mlp_layer=SwiGLUPacked if swiglu else Mlp,
+            mlp_layer=SwiGLUPacked if swiglu else Mlp,  # type: ignore[arg-type]  # a partial is a class here
             act_layer=nn.SiLU if swiglu else nn.GELU,
             drop_path_rate=config.drop_path_rate,
             dynamic_img_size=True,
@@ -110,6 +111,7 @@ class DinoVisionTransformer(VisionTransformer):
         _, h, w, dim = x.shape
         x = x.reshape(batch, h * w, dim)
         pos = self._pos_embed_for((height, width), (h, w))
+        assert self.cls_token is not None  # DINO models always have a CLS token
         prefix = [self.cls_token.expand(batch, -1, -1)]
         if self.reg_token is not None:
             prefix.append(self.reg_token.expand(batch, -1, -1))

@@ -1,0 +1,90 @@
+"""Writing extracted features to disk, atomically, with the list of images they came from.
+
+* ``.npy``: the (N, D) float32 array, plus a sidecar ``<stem>.txt`` with one image path per line;
+* ``.safetensors``: tensor ``features`` with metadata ``files`` (a JSON list) and ``model``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+FEATURE_SUFFIXES = (".npy", ".safetensors")
+
+
+def _temp_beside(path: Path) -> Path:
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    return Path(name)
+
+
+def replace_atomically(write: Callable[[Path], object], path: Path) -> None:
+    tmp = _temp_beside(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    """The file list written beside a ``.npy`` feature file: ``feats.npy`` -> ``feats.txt``."""
+    return Path(path).with_suffix(".txt")
+
+
+def save_features(path: str | os.PathLike[str], features: torch.Tensor, files: Sequence[str],
+                  model: str | None = None) -> Path:
+    """Write (N, D) features and the N source paths; existing files are replaced only once complete.
+
+    Args:
+        path: Output ``.npy`` or ``.safetensors`` file.
+        features: (N, D) tensor.
+        files: The N image paths, in row order.
+        model: Model name stored in the safetensors metadata.
+
+    Returns:
+        The output path.
+
+    Example:
+        >>> import tempfile, torch
+        >>> out = Path(tempfile.mkdtemp()) / "f.safetensors"
+        >>> save_features(out, torch.zeros(2, 4), ["a.png", "b.png"]).name
+        'f.safetensors'
+    """
+    out = Path(path)
+    if out.suffix not in FEATURE_SUFFIXES:
+        raise ValueError(f"feature file must end in {' or '.join(FEATURE_SUFFIXES)}, got {out.name!r}")
+    if features.ndim != 2 or features.shape[0] != len(files):
+        raise ValueError(
+            f"expected ({len(files)}, D) features for {len(files)} files, got {tuple(features.shape)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    array = features.detach().float().cpu().contiguous()
+    if out.suffix == ".npy":
+        replace_atomically(lambda tmp: np.save(tmp, array.numpy()), out)
+        listing = "".join(f"{name}\n" for name in files).encode()
+        replace_atomically(lambda tmp: tmp.write_bytes(listing), sidecar_path(out))
+    else:
+        metadata = {"files": json.dumps(list(files)), "model": model or ""}
+        replace_atomically(lambda tmp: save_file({"features": array}, str(tmp), metadata=metadata), out)
+    return out
+
+
+def load_features(path: str | os.PathLike[str]) -> tuple[torch.Tensor, list[str]]:
+    """Read what :func:`save_features` wrote: (features, files)."""
+    file = Path(path)
+    if file.suffix == ".npy":
+        features = torch.from_numpy(np.load(file))
+        return features, sidecar_path(file).read_text().splitlines()
+    from safetensors import safe_open
+
+    with safe_open(str(file), "pt") as handle:
+        metadata = handle.metadata() or {}
+        return handle.get_tensor("features"), json.loads(metadata.get("files", "[]"))

@@ -1,0 +1,84 @@
+"""``dinofeat models / embed / attention`` through main([...]) with a tiny model saved in tmp_path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import TINY_VIT
+from PIL import Image
+from safetensors import safe_open
+
+from dinofeat.cli import main
+from dinofeat.config import arch_from_dict
+from dinofeat.feature_files import load_features
+from dinofeat.hub_format import HubConfig, save_pretrained
+from dinofeat.loading import load
+from dinofeat.models import build_backbone
+
+
+@pytest.fixture
+def tiny_dir(tmp_path):
+    arch = arch_from_dict(TINY_VIT)
+    return save_pretrained(build_backbone(arch), tmp_path / "tiny", HubConfig(arch=arch, name="tiny"))
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(3):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"{index}.png")
+    return folder
+
+
+def test_models_lists_the_zoo(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "vit_s16" in out and "dinov2_vitg14_reg" in out
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".safetensors"])
+def test_embed_writes_features_and_file_list(tiny_dir, images, tmp_path, suffix, capsys):
+    out = tmp_path / f"feats{suffix}"
+    argv = ["embed", str(images), "--model", str(tiny_dir), "-o", str(out), "--batch-size", "2",
+            "--size", "32", "--device", "cpu"]
+    assert main(argv) == 0
+    features, files = load_features(out)
+    assert features.shape == (3, 32)
+    assert files == [str(images / f"{i}.png") for i in range(3)]
+    expected = load(tiny_dir, device="cpu").embed(sorted(images.iterdir()), size=32)
+    assert np.allclose(features.numpy(), expected.numpy(), atol=1e-6)
+    if suffix == ".safetensors":
+        with safe_open(str(out), "pt") as handle:
+            assert json.loads(handle.metadata()["files"]) == files
+            assert handle.metadata()["model"] == "tiny"
+    else:
+        assert (tmp_path / "feats.txt").read_text().splitlines() == files
+    assert "wrote (3, 32) features" in capsys.readouterr().err
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+def test_embed_error_keeps_previous_output(tiny_dir, images, tmp_path, capsys):
+    out = tmp_path / "feats.npy"
+    out.write_bytes(b"previous")
+    (images / "broken.png").write_bytes(b"not a png")
+    assert main(["embed", str(images), "-m", str(tiny_dir), "-o", str(out), "--device", "cpu"]) == 2
+    assert "broken.png" in capsys.readouterr().err
+    assert out.read_bytes() == b"previous"
+
+
+def test_embed_unknown_model_suggests(images, tmp_path, capsys):
+    assert main(["embed", str(images), "-m", "vit_s61", "-o", str(tmp_path / "f.npy")]) == 2
+    assert "vit_s16" in capsys.readouterr().err
+
+
+def test_attention_figure(tiny_dir, images, tmp_path):
+    out = tmp_path / "attn.png"
+    argv = ["attention", str(images / "0.png"), "--weights", str(tiny_dir), "-o", str(out),
+            "--size", "32", "48", "--threshold", "0.6", "--device", "cpu"]
+    assert main(argv) == 0
+    with Image.open(out) as figure:
+        assert figure.format == "PNG" and figure.width > figure.height > 100

@@ -1,0 +1,17 @@
+"""docs/models.md is generated from the registry and must be up to date."""
+
+from __future__ import annotations
+
+from conftest import REPO_ROOT
+
+from dinofeat.docs_table import main, models_table
+from dinofeat.registry import list_models
+
+
+def test_models_page_is_up_to_date():
+    assert main([str(REPO_ROOT / "docs" / "models.md"), "--check"]) == 0, "run: python -m dinofeat.docs_table"
+
+
+def test_table_has_a_row_per_zoo_model(tmp_path):
+    assert len(models_table().splitlines()) == 2 + len(list_models())
+    assert main([str(tmp_path / "models.md"), "--check"]) == 1
