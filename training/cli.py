@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--eval", action="append", default=[], metavar="METRIC=VALUE",
                         help="an evaluation result for the model card; repeatable")
     export.add_argument("--push-to-hub", metavar="REPO_ID")
+    export.add_argument("--half", action="store_true", help="store the weights as float16")
     return parser
 
 
@@ -52,8 +53,16 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     from dinofeat.training.trainer import Trainer
 
+    hook = None
+    if cfg.run.eval_every:
+        if not (cfg.run.eval_train and cfg.run.eval_val):
+            raise ValueError("run.eval_every needs run.eval_train and run.eval_val (labelled image folders)")
+        from dinofeat.training.config import eval_preprocess
+        from dinofeat.training.monitor import knn_monitor
+
+        hook = knn_monitor(cfg.run.eval_train, cfg.run.eval_val, eval_preprocess(cfg))
     try:
-        summary = Trainer(cfg).fit()
+        summary = Trainer(cfg, eval_hook=hook).fit()
     finally:
         shutdown()
     logging.getLogger("dinofeat.training").info("finished: %s", json.dumps(summary))
@@ -61,6 +70,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    import torch
     from dinofeat.training.export import export_teacher
 
     evaluation = {}
@@ -70,7 +80,7 @@ def _export(args: argparse.Namespace) -> int:
             raise ValueError(f"--eval {item!r} must look like METRIC=VALUE")
         evaluation[key] = json.loads(value) if value[:1].isdigit() or value[:1] == "-" else value
     folder = export_teacher(args.checkpoint, args.output_dir, name=args.name, evaluation=evaluation or None,
-                            push_to_hub=args.push_to_hub)
+                            push_to_hub=args.push_to_hub, dtype=torch.float16 if args.half else None)
     print(folder)
     return 0
 

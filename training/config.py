@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from dinofeat.config import ArchConfig, ResNetConfig, ViTConfig, arch_from_dict
+from dinofeat.config import ArchConfig, PreprocessConfig, ResNetConfig, ViTConfig, arch_from_dict
 from dinofeat.registry import ZOO, get_spec
 
 
@@ -94,6 +94,9 @@ class RunConfig:
     log_every: int = 10
     max_iters_per_epoch: int | None = None  # truncate epochs (benchmarks, smoke runs)
     eval_every: int = 0  # call the evaluation hook every N epochs (0: never)
+    # k-NN monitoring (weighted 20-NN of the teacher) on labelled ImageFolder-style folders.
+    eval_train: str | None = None
+    eval_val: str | None = None
 
 
 @dataclass
@@ -259,3 +262,10 @@ def build_arch(model: ModelConfig) -> ArchConfig:
         f"unknown model.arch {arch!r}; use vit_tiny/vit_small/vit_base, resnet50, a zoo name "
         f"({', '.join(sorted(ZOO))}) or a ViTConfig dict"
     )
+
+
+def eval_preprocess(cfg: TrainConfig) -> PreprocessConfig:
+    """Evaluation preprocessing matching the training resolution: the official resize-to-crop
+    ratio 256/224 around a centre crop of the global crop size."""
+    size = cfg.crops.global_size
+    return PreprocessConfig(resize=round(size * 256 / 224), crop=size)

@@ -9,9 +9,8 @@ from typing import Any
 
 import torch
 from dinofeat.training.checkpoint import load_checkpoint
-from dinofeat.training.config import TrainConfig, build_arch, config_from_dict
+from dinofeat.training.config import TrainConfig, build_arch, config_from_dict, eval_preprocess
 
-from dinofeat.config import PreprocessConfig
 from dinofeat.hub_format import HubConfig, load_state_dict_strict, save_pretrained
 from dinofeat.models import build_backbone
 
@@ -41,6 +40,7 @@ def export_teacher(
     evaluation: dict[str, Any] | None = None,
     push_to_hub: str | None = None,
     private: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Write the teacher backbone of a dinofeat training checkpoint as a dinofeat model folder.
 
@@ -51,6 +51,7 @@ def export_teacher(
         evaluation: Results to put in the card and metadata (e.g. ``{"knn_top1": 62.3}``).
         push_to_hub: A Hub repository id to upload the folder to (needs network and a token).
         private: Create the Hub repository as private.
+        dtype: Store the weights in this dtype (``torch.float16`` halves the file); float32 by default.
 
     Returns:
         The folder, loadable with ``dinofeat.load(folder)``.
@@ -66,13 +67,12 @@ def export_teacher(
     load_state_dict_strict(backbone, state, origin=f"{checkpoint} (teacher backbone)")
     out = Path(output_dir)
     name = name or out.name
-    size = cfg.crops.global_size
-    preprocess = PreprocessConfig(resize=round(size * 256 / 224), crop=size)
+    preprocess = eval_preprocess(cfg)
     metadata = {"trained_with": "dinofeat-train", "epochs_done": int(ckpt["epoch"]),
                 "evaluation": evaluation or {}, "training_config": cfg.to_dict()}
     card = _model_card(name, cfg, evaluation, int(ckpt["epoch"]))
     save_pretrained(backbone.to(torch.float32), out, HubConfig(arch=arch, preprocess=preprocess, name=name,
-                                                               metadata=metadata), card=card)
+                                                               metadata=metadata), card=card, dtype=dtype)
     if push_to_hub is not None:
         _push(out, push_to_hub, private)
     return out

@@ -39,3 +39,30 @@ def test_print_config_and_presets(capsys) -> None:  # type: ignore[no-untyped-de
     assert main(["train", "--preset", "vit_s16_300ep", "--print-config"]) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["loss"]["teacher_temp"] == 0.07 and cfg["head"]["norm_last_layer"] is False
+
+
+def test_knn_monitor_and_half_precision_export(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    data = make_image_folder(tmp_path / "images", n=24)
+    out = tmp_path / "run"
+    extra = ["run.epochs=1", "run.eval_every=1", f"run.eval_train={data}", f"run.eval_val={data}"]
+    assert main(train_args(data, out, *extra)) == 0
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["eval"] for r in records if "eval" in r]
+    assert len(evals) == 1 and 0.0 <= evals[0]["knn20_top1"] <= 100.0
+    assert evals[0]["knn20_top5"] >= evals[0]["knn20_top1"]
+
+    export_dir = tmp_path / "exported"
+    assert main(["export", str(out / "checkpoint.pth"), str(export_dir), "--half"]) == 0
+    with safe_open(str(export_dir / "model.safetensors"), "pt") as weights:
+        assert all(weights.get_tensor(key).dtype == torch.float16 for key in weights.keys())  # noqa: SIM118
+    model = dinofeat.load(export_dir, device="cpu")
+    assert model.dtype == torch.float32
+    assert model.embed(torch.randn(1, 3, 32, 32)).shape == (1, 32)
+
+
+def test_eval_every_without_folders_is_a_clear_error(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    data = make_image_folder(tmp_path / "images")
+    assert main(train_args(data, tmp_path / "run", "run.eval_every=1")) == 2
+    assert "run.eval_train" in capsys.readouterr().err
