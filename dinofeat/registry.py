@@ -105,6 +105,23 @@ _ENTRIES: list[ModelSpec] = [
     _dinov2("giant", 1536, 40, 24, True, 83.7, 87.1, 1100),
 ]
 
+#: dinofeat's own model, trained by ``dinofeat-train`` and shipped inside the wheel (no network needed).
+BUNDLED_MODEL = "vit_t16_d4_imagenette"
+
+_ENTRIES.append(
+    ModelSpec(
+        name=BUNDLED_MODEL,
+        arch=ViTConfig(patch_size=16, embed_dim=192, depth=4, num_heads=3, img_size=96),
+        source=HubSource(layout="dinofeat", package_path=f"weights/{BUNDLED_MODEL}"),
+        description="dinofeat's own ViT-Tiny/16 (4 blocks), DINO on Imagenette at 96 px, bundled",
+        preprocess=PreprocessConfig(resize=110, crop=96),
+        # Trained on ImageNet images (the Imagenette subset), so the ImageNet terms apply.
+        license="imagenet-terms (non-commercial research and education)",
+        params_millions=1.9,
+        extra={"training_data": "imagenette2/train (labels unused)"},
+    )
+)
+
 ZOO: dict[str, ModelSpec] = {spec.name: spec for spec in _ENTRIES}
 if len(ZOO) != len(_ENTRIES):
     raise RuntimeError("duplicate model names in the dinofeat registry")

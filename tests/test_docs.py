@@ -15,3 +15,7 @@ def test_models_page_is_up_to_date():
 def test_table_has_a_row_per_zoo_model(tmp_path):
     assert len(models_table().splitlines()) == 2 + len(list_models())
     assert main([str(tmp_path / "models.md"), "--check"]) == 1
+
+
+def test_readme_model_table_is_the_generated_one():
+    assert models_table() in (REPO_ROOT / "README.md").read_text(), "paste models_table() into README.md"

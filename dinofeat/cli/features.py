@@ -15,9 +15,9 @@ from dinofeat.figures import attention_figure, save_figure
 from dinofeat.inputs import list_image_files, open_image
 from dinofeat.loading import load
 from dinofeat.preprocess import Size, pil_geometry, to_normalized_tensor
-from dinofeat.registry import list_models
+from dinofeat.registry import BUNDLED_MODEL, list_models
 
-DEFAULT_MODEL = "vit_s16"
+DEFAULT_MODEL = BUNDLED_MODEL  # works offline: its weights ship in the package
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
