@@ -65,8 +65,9 @@ def bundled_section(spec: ModelSpec) -> str:
     extra = spec.extra
     lines = [
         f"## `{spec.name}`: dinofeat's own model\n",
-        f"{spec.description}. Its weights ship inside the wheel (`dinofeat/{spec.source.package_path}`), so it "
-        "loads with no network and no cache; it is the default model of `dinofeat embed` and "
+        f"{spec.description}. Its weights ship inside the wheel "
+        f"(`dinofeat/{spec.source.package_path}`), so it loads with no network and no cache; "
+        "it is the default model of `dinofeat embed` and "
         "`dinofeat attention`. Licence: " + spec.license + ".\n",
     ]
     for key, label in (("training_command", "Trained with"), ("training_time", "Training time"),
