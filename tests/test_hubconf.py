@@ -13,15 +13,16 @@ from dinofeat.hub_entrypoints import ENTRYPOINTS
 OFFICIAL = ["dino_vits16", "dino_vits8", "dino_vitb16", "dino_vitb8", "dino_resnet50", "dinov2_vits14",
             "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14", "dinov2_vits14_reg", "dinov2_vitb14_reg",
             "dinov2_vitl14_reg", "dinov2_vitg14_reg"]
+ALL = [*OFFICIAL, "vit_t16_d4_imagenette"]  # plus dinofeat's own bundled model, under its zoo name
 
 
 def test_every_official_name_is_an_entry_point():
-    assert sorted(ENTRYPOINTS) == sorted(OFFICIAL)
+    assert sorted(ENTRYPOINTS) == sorted(ALL)
     spec = importlib.util.spec_from_file_location("hubconf_under_test", REPO_ROOT / "hubconf.py")
     hubconf = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hubconf)
     public = [name for name in vars(hubconf) if callable(getattr(hubconf, name)) and not name.startswith("_")]
-    assert sorted(public) == sorted(OFFICIAL)
+    assert sorted(public) == sorted(ALL)
     assert "torch" in hubconf.dependencies
 
 
