@@ -22,6 +22,7 @@ FEATURE_SUFFIXES = (".npy", ".safetensors")
 def _temp_beside(path: Path) -> Path:
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
     os.close(fd)
+    os.chmod(name, 0o644)  # mkstemp creates 0600; results are ordinary files once renamed into place
     return Path(name)
 
 
