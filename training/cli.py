@@ -16,7 +16,8 @@ import sys
 from collections.abc import Sequence
 
 from dinofeat.training.config import PRESETS, resolve_config
-from dinofeat.training.distributed import shutdown
+
+from dinofeat.distributed import shutdown
 
 
 def _parser() -> argparse.ArgumentParser:

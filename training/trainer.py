@@ -27,13 +27,14 @@ from dinofeat.training.checkpoint import (
 )
 from dinofeat.training.config import TrainConfig
 from dinofeat.training.data import EpochSampler, ImageDataset, collate_crops, find_images, read_file_list
-from dinofeat.training.distributed import DistInfo, barrier, init_distributed
 from dinofeat.training.head import official_head_keys_to_parametrized
 from dinofeat.training.metrics import MetricsWriter
 from dinofeat.training.step import DinoStep, Schedules, build_student_teacher
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
+
+from dinofeat.distributed import DistInfo, barrier, init_distributed
 
 EvalHook = Callable[[nn.Module], dict[str, float]]
 """Takes the teacher backbone, returns metrics (e.g. {"knn_top1": 61.2}); called on every rank."""

@@ -6,26 +6,18 @@ with gloo everything stays on the CPU. Errors are raised, never ``sys.exit``.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.distributed as dist
 
+from dinofeat.distributed import init_distributed
+
 
 def init_from_env() -> bool:
-    """Join the torchrun process group if launched by torchrun (WORLD_SIZE > 1); True if distributed.
+    """Join the torchrun process group if launched by torchrun; True if there is more than one process.
 
-    Uses NCCL when CUDA is available, else gloo. Does nothing if a group already exists.
+    The same set-up as the trainer's (:func:`dinofeat.distributed.init_distributed`): NCCL on CUDA, else gloo.
     """
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size() > 1
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend)
-    return True
+    return init_distributed().distributed
 
 
 def rank_and_world() -> tuple[int, int]:

@@ -1,4 +1,5 @@
-"""Process-group setup for single-process, torchrun (env://) and multi-node runs.
+"""Process-group setup shared by the trainer and distributed feature extraction: single process,
+torchrun (env://) and multi-node runs.
 
 Helpers raise on bad setups; they never exit the interpreter and never patch ``print``.
 """
