@@ -119,6 +119,7 @@ def save_pretrained(
         state[key] = tensor.contiguous().clone()
     tmp_weights = out / f".{WEIGHTS_FILE}.tmp"
     save_file(state, str(tmp_weights), metadata={"format": "pt"})
+    os.chmod(tmp_weights, 0o644)  # safetensors creates the file 0600 whatever the umask
     os.replace(tmp_weights, out / WEIGHTS_FILE)
     _atomic_write_bytes(out / CONFIG_FILE, (json.dumps(config.to_dict(), indent=2) + "\n").encode())
     if card is None:

@@ -74,6 +74,12 @@ def test_offline_and_not_cached_says_so_and_what_to_do(tmp_path, monkeypatch):
     assert "hf download timm/tiny model.safetensors" in message and "unset HF_HUB_OFFLINE" in message
 
 
+def test_saved_model_files_are_world_readable(tmp_path):
+    folder = save_pretrained(build_backbone(TINY), tmp_path / "repo", HubConfig(arch=TINY))
+    modes = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()}
+    assert modes == {"config.json": 0o644, "model.safetensors": 0o644, "README.md": 0o644}
+
+
 def test_hf_hub_dinofeat_repo_with_revision(online_hub, tmp_path):
     reference = build_backbone(TINY).eval()
     folder = save_pretrained(reference, tmp_path / "repo", HubConfig(arch=TINY, name="tiny-repo"))
