@@ -8,32 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from dinofeat.atomic_write import replace_atomically
+
 FEATURE_SUFFIXES = (".npy", ".safetensors")
-
-
-def _temp_beside(path: Path) -> Path:
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    os.chmod(name, 0o644)  # mkstemp creates 0600; results are ordinary files once renamed into place
-    return Path(name)
-
-
-def replace_atomically(write: Callable[[Path], object], path: Path) -> None:
-    tmp = _temp_beside(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def sidecar_path(path: str | os.PathLike[str]) -> Path:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dinofeat.feature_files import replace_atomically
+from dinofeat.atomic_write import replace_atomically
 from dinofeat.masks import attention_masks, upsample_to_pixels
 
 

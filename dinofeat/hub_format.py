@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from dinofeat.atomic_write import replace_atomically, write_text_atomically
 from dinofeat.config import ArchConfig, PreprocessConfig, arch_from_dict
 from dinofeat.errors import WeightsMismatchError
 
@@ -74,18 +74,6 @@ def is_dinofeat_config(data: dict[str, Any]) -> bool:
     return data.get("format") == FORMAT_NAME
 
 
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; published model files must be world-readable
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_pretrained(
     model: nn.Module,
     directory: str | os.PathLike[str],
@@ -117,14 +105,11 @@ def save_pretrained(
         if dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)
         state[key] = tensor.contiguous().clone()
-    tmp_weights = out / f".{WEIGHTS_FILE}.tmp"
-    save_file(state, str(tmp_weights), metadata={"format": "pt"})
-    os.chmod(tmp_weights, 0o644)  # safetensors creates the file 0600 whatever the umask
-    os.replace(tmp_weights, out / WEIGHTS_FILE)
-    _atomic_write_bytes(out / CONFIG_FILE, (json.dumps(config.to_dict(), indent=2) + "\n").encode())
+    replace_atomically(lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}), out / WEIGHTS_FILE)
+    write_text_atomically(out / CONFIG_FILE, json.dumps(config.to_dict(), indent=2) + "\n")
     if card is None:
         card = f"# {config.name or 'dinofeat model'}\n\nA DINO backbone in dinofeat's format.\n"
-    _atomic_write_bytes(out / CARD_FILE, card.encode())
+    write_text_atomically(out / CARD_FILE, card)
     return out
 
 

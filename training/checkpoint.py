@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from dinofeat.atomic_write import replace_atomically, write_text_atomically
 
 CHECKPOINT_NAME = "checkpoint.pth"
 
@@ -28,31 +29,14 @@ def atomic_save(obj: Any, path: str | os.PathLike[str], config_text: str | None 
     ``<stem>.config.json``.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     if config_text is not None:
-        _atomic_write_text(config_path_for(target), config_text)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
+        write_text_atomically(config_path_for(target), config_text)
+
+    def write(temporary: Path) -> None:
+        with temporary.open("wb") as handle:
             torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
 
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return replace_atomically(write, target, durable=True)
 
 
 def _numpy_scalar_globals() -> list[Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import torch
 
 import dinofeat
+from dinofeat.atomic_write import write_text_atomically
 from dinofeat.evaluation.contact_sheet import contact_sheet
 from dinofeat.evaluation.dedup import duplicate_groups
 from dinofeat.evaluation.descriptors import descriptor_fn
@@ -56,11 +56,7 @@ def load_model(source: str, random_init: bool = False, device: str | None = None
 
 
 def _write_json(path: str, payload: Any) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(temporary, target)
+    write_text_atomically(path, json.dumps(payload, indent=2) + "\n")
 
 
 # ------------------------------------------------------------------ knn / linear

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from dinofeat.atomic_write import replace_atomically
 from dinofeat.evaluation.index import SearchHit
 from dinofeat.inputs import open_image
 
@@ -40,8 +41,4 @@ def contact_sheet(queries: Sequence[str], hits: Sequence[Sequence[SearchHit]], o
         for column, hit in enumerate(found, start=1):
             sheet.paste(_thumbnail(hit.path), (column * THUMB, top))
             draw.text((column * THUMB + 2, top + THUMB + 2), f"{column}: {hit.score:.3f}", fill="black")
-    target = Path(output)
-    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    sheet.save(temporary, format="PNG")
-    os.replace(temporary, target)
-    return target
+    return replace_atomically(lambda temporary: sheet.save(temporary, format="PNG"), output)

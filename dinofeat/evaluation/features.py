@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from dinofeat.atomic_write import replace_atomically
 from dinofeat.config import PreprocessConfig
 from dinofeat.evaluation.distributed import gather_in_order, rank_and_world, shard_indices
 from dinofeat.extractor import FeatureExtractor
@@ -151,11 +152,8 @@ class FeatureSet:
         names = torch.frombuffer(bytearray("\n".join(self.files).encode()), dtype=torch.uint8)
         tensors = {"features": self.features.contiguous(), "labels": self.labels.long().contiguous(),
                    "files_utf8": names if names.numel() else torch.zeros(0, dtype=torch.uint8)}
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        save_file(tensors, str(temporary), metadata={"dinofeat": json.dumps(meta)})
-        os.replace(temporary, target)
+        metadata = {"dinofeat": json.dumps(meta)}
+        replace_atomically(lambda temporary: save_file(tensors, str(temporary), metadata=metadata), path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, model: str | None = None, kind: str | None = None

@@ -25,6 +25,7 @@ import faiss
 import torch
 from safetensors.torch import load_file, save_file
 
+from dinofeat.atomic_write import replace_atomically, write_text_atomically
 from dinofeat.evaluation.neighbors import build_index, search
 
 INDEX_FORMAT = "dinofeat-index"
@@ -40,12 +41,6 @@ class IndexMismatchError(ValueError):
 class SearchHit:
     path: str
     score: float
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 class ImageIndex:
@@ -157,11 +152,12 @@ class ImageIndex:
         self.directory.mkdir(parents=True, exist_ok=True)
         old, new = self.generation, self.generation + 1
         features_file = self.directory / f"features-{new}.safetensors"
-        save_file({"features": self.features.contiguous()}, str(features_file))
+        features = self.features.contiguous()
+        replace_atomically(lambda tmp: save_file({"features": features}, str(tmp)), features_file)
         faiss.write_index(self._faiss, str(self.directory / f"faiss-{new}.index"))
         manifest = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "model": self.model, "kind": self.kind,
                     "dim": self.dim, "count": len(self.files), "generation": new, "files": self.files}
-        _atomic_write_text(self.directory / MANIFEST, json.dumps(manifest, indent=1))
+        write_text_atomically(self.directory / MANIFEST, json.dumps(manifest, indent=1))
         self.generation = new
         for stale in (f"features-{old}.safetensors", f"faiss-{old}.index"):
             (self.directory / stale).unlink(missing_ok=True)
