@@ -25,6 +25,14 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
     return Path(path).with_suffix(".txt")
 
 
+def check_feature_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path if it names a feature file this module writes, else ValueError."""
+    out = Path(path)
+    if out.suffix not in FEATURE_SUFFIXES:
+        raise ValueError(f"feature file must end in {' or '.join(FEATURE_SUFFIXES)}, got {out.name!r}")
+    return out
+
+
 def save_features(path: str | os.PathLike[str], features: torch.Tensor, files: Sequence[str],
                   model: str | None = None) -> Path:
     """Write (N, D) features and the N source paths; existing files are replaced only once complete.
@@ -44,9 +52,7 @@ def save_features(path: str | os.PathLike[str], features: torch.Tensor, files: S
         >>> save_features(out, torch.zeros(2, 4), ["a.png", "b.png"]).name
         'f.safetensors'
     """
-    out = Path(path)
-    if out.suffix not in FEATURE_SUFFIXES:
-        raise ValueError(f"feature file must end in {' or '.join(FEATURE_SUFFIXES)}, got {out.name!r}")
+    out = check_feature_path(path)
     if features.ndim != 2 or features.shape[0] != len(files):
         raise ValueError(
             f"expected ({len(files)}, D) features for {len(files)} files, got {tuple(features.shape)}")

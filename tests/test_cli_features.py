@@ -82,3 +82,28 @@ def test_attention_figure(tiny_dir, images, tmp_path):
     assert main(argv) == 0
     with Image.open(out) as figure:
         assert figure.format == "PNG" and figure.width > figure.height > 100
+
+
+def test_embed_skip_unreadable_counts_names_and_leaves_them_out(tiny_dir, images, tmp_path, capsys):
+    (images / "1b_broken.png").write_bytes(b"not a png")
+    out = tmp_path / "feats.npy"
+    argv = ["embed", str(images), "-m", str(tiny_dir), "-o", str(out), "--size", "32", "--device", "cpu",
+            "--workers", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "1b_broken.png" in err and "--skip-unreadable" in err and "Traceback" not in err
+    assert not out.exists()
+    assert main([*argv, "--skip-unreadable"]) == 0
+    assert "skipped 1 unreadable image(s): " + str(images / "1b_broken.png") in capsys.readouterr().err
+    features, files = load_features(out)
+    good = [images / f"{i}.png" for i in range(3)]
+    assert files == [str(f) for f in good]
+    expected = load(tiny_dir, device="cpu").embed(good, size=32)
+    assert np.allclose(features.numpy(), expected.numpy(), atol=1e-6)
+
+
+def test_embed_checks_the_output_name_before_any_work(images, tmp_path, capsys):
+    # The model does not exist: the output name must be refused before anything is loaded.
+    argv = ["embed", str(images), "-m", str(tmp_path / "no_model"), "-o", str(tmp_path / "feats.txt")]
+    assert main(argv) == 2
+    assert "must end in .npy or .safetensors" in capsys.readouterr().err

@@ -254,3 +254,30 @@ def test_linear_cli_on_tiny_folder(tmp_path):
         3,
     )
     assert 0.0 <= result["best"]["top1"] <= 100.0 and len(result["history"]) == 3
+
+
+def test_index_and_dedup_skip_unreadable_images(tmp_path, capsys):
+    model = save_tiny_model(tmp_path / "model")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (40, 40), (80 * i, 10, 200)).save(folder / f"{i}.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    index_dir = tmp_path / "index"
+    argv = ["index", str(folder), "-o", str(index_dir), "--model", str(model), *COMMON]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and "--skip-unreadable" in err
+    assert not (index_dir / "manifest.json").exists()  # nothing half-written
+    assert main([*argv, "--skip-unreadable"]) == 0
+    captured = capsys.readouterr()
+    assert "skipped 1 unreadable image(s)" in captured.err and "added 3 images, 3 in total" in captured.out
+    assert sorted(Path(f).name for f in ImageIndex.open(index_dir).files) == ["0.png", "1.png", "2.png"]
+    # Extending later retries the unreadable file, skips it again, and keeps the index as it was.
+    assert main([*argv, "--skip-unreadable"]) == 0
+    assert "added 0 images, 3 in total" in capsys.readouterr().out
+    assert len(ImageIndex.open(index_dir)) == 3
+    dedup = ["dedup", str(folder), "--threshold", "0.999", "--model", str(model), *COMMON]
+    assert main(dedup) == 2 and "broken.jpg" in capsys.readouterr().err
+    assert main([*dedup, "--skip-unreadable"]) == 0
+    assert "among 3 images" in capsys.readouterr().out

@@ -13,7 +13,13 @@ import torch
 from eval_helpers import make_image_folder, save_tiny_model
 
 import dinofeat
-from dinofeat.evaluation.features import FeatureSet, extract_folder, scan_image_folder
+from dinofeat.evaluation.features import (
+    FeatureSet,
+    drop_unreadable,
+    extract_features,
+    extract_folder,
+    scan_image_folder,
+)
 
 
 @pytest.fixture
@@ -100,3 +106,20 @@ def test_torchrun_two_cpu_processes_equal_single_process(tiny, tmp_path):
     assert single is not None and distributed.files == single.files  # 9 images over 2 ranks: uneven shards
     torch.testing.assert_close(distributed.features, single.features)
     assert torch.equal(distributed.labels, single.labels)
+
+
+def test_unreadable_image_stops_with_one_line_or_is_skipped(tiny):
+    model_dir, data = tiny
+    model = dinofeat.load(model_dir, device="cpu")
+    listing = scan_image_folder(data)
+    broken = data / "class_1" / "img_1.png"
+    broken.write_bytes(b"\x89PNG truncated")
+    # Through a worker process, so that the error crosses the DataLoader as a message, not a traceback.
+    with pytest.raises(dinofeat.ImageReadError, match=r"^cannot read image .*img_1\.png") as error:
+        extract_features(model, listing.files, num_workers=1, progress=False)
+    assert "DataLoader worker" not in str(error.value)
+    features = extract_features(model, listing.files, num_workers=1, progress=False, skip_unreadable=True)
+    assert features is not None and features.shape == (9, model.embed_dim)
+    kept, kept_features, skipped = drop_unreadable(listing.files, features)
+    assert skipped == [broken] and broken not in kept and len(kept) == 8
+    torch.testing.assert_close(kept_features, model.embed(kept))

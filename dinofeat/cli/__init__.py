@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from dinofeat.cli import evaluation, features
+from dinofeat.errors import ImageReadError
 
 _GROUPS = [features, evaluation]
 
@@ -28,6 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        if isinstance(error, ImageReadError) and getattr(args, "skip_unreadable", None) is False:
+            message = f"{message} (--skip-unreadable leaves unreadable images out)"
         print(f"dinofeat {args.command}: error: {message}", file=sys.stderr)
         return 2
 

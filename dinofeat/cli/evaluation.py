@@ -12,11 +12,19 @@ import torch
 
 import dinofeat
 from dinofeat.atomic_write import write_text_atomically
+from dinofeat.cli.common import add_skip_unreadable_option, add_workers_option, report_skipped
+from dinofeat.errors import ImageReadError
 from dinofeat.evaluation.contact_sheet import contact_sheet
 from dinofeat.evaluation.dedup import duplicate_groups
 from dinofeat.evaluation.descriptors import descriptor_fn
 from dinofeat.evaluation.distributed import init_from_env, rank_and_world
-from dinofeat.evaluation.features import BatchFeatures, FeatureSet, extract_features, extract_folder
+from dinofeat.evaluation.features import (
+    BatchFeatures,
+    FeatureSet,
+    drop_unreadable,
+    extract_features,
+    extract_folder,
+)
 from dinofeat.evaluation.index import ImageIndex
 from dinofeat.evaluation.knn import DEFAULT_KS, DEFAULT_TEMPERATURE, knn_classify
 from dinofeat.evaluation.linear import LinearProbeConfig, linear_probe_features, train_linear_probe
@@ -39,7 +47,7 @@ def _model_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
     )
     parser.add_argument("--device", default=None, help="cuda / mps / cpu (default: best available)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    parser.add_argument("--workers", type=int, default=4, help="DataLoader workers decoding images")
+    add_workers_option(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -195,8 +203,10 @@ def run_linear(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ index / search / dedup
 def _descriptors(
-    extractor: FeatureExtractor, files: list[Path], kind: str, args: argparse.Namespace
-) -> torch.Tensor:
+    extractor: FeatureExtractor, files: list[Path], kind: str, args: argparse.Namespace,
+    skip_unreadable: bool = False,
+) -> tuple[list[Path], torch.Tensor]:
+    """The readable files and their descriptors (all files, or an error, unless ``skip_unreadable``)."""
     features = extract_features(
         extractor,
         files,
@@ -204,9 +214,14 @@ def _descriptors(
         batch_size=args.batch_size,
         num_workers=args.workers,
         progress=not args.no_progress,
+        skip_unreadable=skip_unreadable,
     )
     assert features is not None  # single process
-    return features
+    if not skip_unreadable:
+        return files, features
+    kept, features, skipped = drop_unreadable(files, features)
+    report_skipped(skipped)
+    return kept, features
 
 
 def run_index(args: argparse.Namespace) -> int:
@@ -224,9 +239,11 @@ def run_index(args: argparse.Namespace) -> int:
     if not new:
         print(f"{args.output}: all {len(files)} images already indexed ({len(index)} in total)")
         return 0
-    index.add(new, _descriptors(extractor, [Path(f) for f in new], kind, args))
-    index.save()
-    print(f"{args.output}: added {len(new)} images, {len(index)} in total")
+    added, features = _descriptors(extractor, [Path(f) for f in new], kind, args, args.skip_unreadable)
+    if added:
+        index.add([str(f) for f in added], features)
+        index.save()
+    print(f"{args.output}: added {len(added)} images, {len(index)} in total")
     return 0
 
 
@@ -239,7 +256,8 @@ def run_search(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"query image not found: {', '.join(missing)}")
     source, random_init = (args.model, args.random_init) if args.model else _source_of(index.model)
     extractor = load_model(source, random_init, args.device)
-    hits = index.search(_descriptors(extractor, queries, index.kind, args), top=args.top)
+    _, descriptors = _descriptors(extractor, queries, index.kind, args)
+    hits = index.search(descriptors, top=args.top)
     for query, found in zip(queries, hits, strict=True):
         print(query)
         for rank, hit in enumerate(found, start=1):
@@ -265,9 +283,13 @@ def _source_of(identity: str) -> tuple[str, bool]:
 def run_dedup(args: argparse.Namespace) -> int:
     files = list_image_files(args.folder)
     extractor = load_model(args.model, args.random_init, args.device)
-    groups = duplicate_groups(
-        _descriptors(extractor, files, "cls+gem" if args.gem else "cls", args), args.threshold
+    listed = len(files)
+    files, descriptors = _descriptors(
+        extractor, files, "cls+gem" if args.gem else "cls", args, args.skip_unreadable
     )
+    if not files:
+        raise ImageReadError(f"none of the {listed} images under {args.folder} could be read")
+    groups = duplicate_groups(descriptors, args.threshold)
     for number, group in enumerate(groups, start=1):
         print(f"group {number}: " + "  ".join(str(files[i]) for i in group))
     print(f"{len(groups)} groups of near-duplicates among {len(files)} images (threshold {args.threshold})")
@@ -311,6 +333,7 @@ def add_parsers(subparsers: Any) -> None:
     index.add_argument("-o", "--output", required=True, help="index folder (extended if it exists)")
     index.add_argument("--gem", action="store_true", help="descriptor CLS ⊕ GeM(p=4) of patch tokens")
     _model_args(index)
+    add_skip_unreadable_option(index)
     index.set_defaults(func=run_index)
 
     search = subparsers.add_parser("search", help="most similar indexed images of query images")
@@ -328,4 +351,5 @@ def add_parsers(subparsers: Any) -> None:
     dedup.add_argument("--gem", action="store_true", help="descriptor CLS ⊕ GeM(p=4) of patch tokens")
     dedup.add_argument("--json", help="write groups as JSON")
     _model_args(dedup)
+    add_skip_unreadable_option(dedup)
     dedup.set_defaults(func=run_dedup)

@@ -9,8 +9,11 @@ from typing import Any
 
 import numpy as np
 
+from dinofeat.cli.common import add_skip_unreadable_option, add_workers_option, report_skipped
+from dinofeat.errors import ImageReadError
+from dinofeat.evaluation.features import drop_unreadable, extract_features
 from dinofeat.extractor import FeatureExtractor
-from dinofeat.feature_files import save_features
+from dinofeat.feature_files import check_feature_path, save_features
 from dinofeat.figures import attention_figure, save_figure
 from dinofeat.inputs import list_image_files, open_image
 from dinofeat.loading import load
@@ -39,6 +42,8 @@ def add_parsers(subparsers: Any) -> None:
     embed.add_argument("--size", type=int, nargs="+", metavar="PX",
                        help="crop size S (keeps the resize ratio) or H W (resize, no crop); default 224 crop")
     _add_model_options(embed)
+    add_workers_option(embed)
+    add_skip_unreadable_option(embed)
     embed.set_defaults(func=run_embed)
 
     attention = subparsers.add_parser("attention", help="paper-style CLS attention figure of one image")
@@ -85,9 +90,18 @@ def _image_files(paths: list[str]) -> list[Path]:
 
 
 def run_embed(args: argparse.Namespace) -> int:
+    check_feature_path(args.output)  # before any work, not after it
     files = _image_files(args.paths)
+    size = _size(args.size)
     model = _load(args)
-    features = model.embed(files, size=_size(args.size), batch_size=args.batch_size, progress=True)
+    features = extract_features(model, files, batch_size=args.batch_size, num_workers=args.workers, size=size,
+                                skip_unreadable=args.skip_unreadable)
+    assert features is not None  # single process
+    if args.skip_unreadable:
+        files, features, skipped = drop_unreadable(files, features)
+        report_skipped(skipped)
+        if not files:
+            raise ImageReadError(f"none of the {len(skipped)} images could be read")
     out = save_features(args.output, features, [str(f) for f in files], model=model.name)
     print(f"wrote {tuple(features.shape)} features of {len(files)} images to {out}", file=sys.stderr)
     return 0

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 
 from dinofeat.atomic_write import replace_atomically
 from dinofeat.config import PreprocessConfig
+from dinofeat.errors import ImageReadError
 from dinofeat.evaluation.distributed import gather_in_order, rank_and_world, shard_indices
 from dinofeat.extractor import FeatureExtractor
 from dinofeat.inputs import IMAGE_SUFFIXES, open_image
@@ -73,8 +75,12 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 
 
-class PreprocessedImages(Dataset[torch.Tensor]):
-    """Image files -> normalised tensors with the model's evaluation preprocessing."""
+class PreprocessedImages(Dataset[tuple[torch.Tensor, str]]):
+    """Image files -> (normalised tensor, "") with the model's evaluation preprocessing.
+
+    An unreadable file gives (a blank image's tensor, the error message) instead of raising, so that
+    the decision to stop or to skip is taken once, in the main process, with a one-line message.
+    """
 
     def __init__(self, files: Sequence[Path], preprocess: PreprocessConfig, size: Size | None = None) -> None:
         self.files = list(files)
@@ -84,14 +90,25 @@ class PreprocessedImages(Dataset[torch.Tensor]):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return preprocess_pil(open_image(self.files[index]), self.preprocess, self.size)
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        try:
+            return preprocess_pil(open_image(self.files[index]), self.preprocess, self.size), ""
+        except ImageReadError as error:
+            # Every evaluation transform has a fixed output size, so the blank stand-in fits the batch.
+            blank = Image.new("RGB", (256, 256))
+            return preprocess_pil(blank, self.preprocess, self.size), str(error)
+
+
+def default_num_workers() -> int:
+    """Decoding workers: 4, or fewer on a machine with fewer cores."""
+    return min(4, os.cpu_count() or 1)
 
 
 @torch.inference_mode()
 def extract_features(extractor: FeatureExtractor, files: Sequence[Path], *,
-                     feature_fn: BatchFeatures | None = None, batch_size: int = 64, num_workers: int = 4,
-                     size: Size | None = None, progress: bool = True) -> torch.Tensor | None:
+                     feature_fn: BatchFeatures | None = None, batch_size: int = 64,
+                     num_workers: int | None = None, size: Size | None = None, progress: bool = True,
+                     skip_unreadable: bool = False) -> torch.Tensor | None:
     """Features of ``files`` (float32, CPU), sharded over torchrun processes and gathered on rank 0.
 
     Args:
@@ -100,12 +117,17 @@ def extract_features(extractor: FeatureExtractor, files: Sequence[Path], *,
         feature_fn: Preprocessed batch -> (batch, dim) features; default the CLS embedding
             (``extractor(batch)``).
         batch_size: Images per forward pass (per process).
-        num_workers: DataLoader workers decoding images.
+        num_workers: DataLoader workers decoding images (default :func:`default_num_workers`).
         size: Optional crop size / (H, W), as in :meth:`FeatureExtractor.embed`.
         progress: Show a progress bar (on rank 0).
+        skip_unreadable: Give an unreadable image a row of NaN (see :func:`drop_unreadable`) instead
+            of stopping.
 
     Returns:
         (len(files), dim) features in the order of ``files`` on rank 0; None on other ranks.
+
+    Raises:
+        ImageReadError: an image cannot be read and ``skip_unreadable`` is false; the message names it.
     """
     if not files:
         raise ValueError("no image files to extract features from")
@@ -115,12 +137,37 @@ def extract_features(extractor: FeatureExtractor, files: Sequence[Path], *,
     rank, world = rank_and_world()
     dataset = PreprocessedImages(files, extractor.preprocess, size)
     shard = Subset(dataset, shard_indices(len(files), rank, world))
-    loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers, shuffle=False,
+    workers = default_num_workers() if num_workers is None else num_workers
+    loader = DataLoader(shard, batch_size=batch_size, num_workers=workers, shuffle=False,
                         pin_memory=extractor.device.type == "cuda")
     bar = tqdm(loader, desc=f"features ({extractor.name or 'model'})", unit="batch",
                disable=not progress or rank != 0)
-    parts = [compute(batch.to(extractor.device, extractor.dtype)).float() for batch in bar]
+    parts = []
+    for batch, errors in bar:
+        unreadable = torch.tensor([bool(message) for message in errors])
+        if unreadable.any() and not skip_unreadable:
+            raise ImageReadError(next(message for message in errors if message))
+        features = compute(batch.to(extractor.device, extractor.dtype)).float().cpu()
+        features[unreadable] = float("nan")
+        parts.append(features)
     return gather_in_order(torch.cat(parts), len(files))
+
+
+def drop_unreadable(files: Sequence[Path], features: torch.Tensor
+                    ) -> tuple[list[Path], torch.Tensor, list[Path]]:
+    """Split :func:`extract_features` output (``skip_unreadable=True``) into the readable files with
+    their features, and the unreadable files (rows of NaN).
+
+    Example:
+        >>> kept, feats, skipped = drop_unreadable([Path("a.png"), Path("b.png")],
+        ...                                        torch.tensor([[1.0], [float("nan")]]))
+        >>> [p.name for p in kept], feats.tolist(), [p.name for p in skipped]
+        (['a.png'], [[1.0]], ['b.png'])
+    """
+    readable = ~features.isnan().any(dim=1)
+    kept = [f for f, ok in zip(files, readable.tolist(), strict=True) if ok]
+    skipped = [f for f, ok in zip(files, readable.tolist(), strict=True) if not ok]
+    return kept, features[readable], skipped
 
 
 @dataclass
@@ -186,7 +233,7 @@ class FeatureSet:
 
 def extract_folder(extractor: FeatureExtractor, root: str | os.PathLike[str], *, model: str,
                    feature_fn: BatchFeatures | None = None, kind: str = "cls", batch_size: int = 64,
-                   num_workers: int = 4, progress: bool = True) -> FeatureSet | None:
+                   num_workers: int | None = None, progress: bool = True) -> FeatureSet | None:
     """Features of an ImageFolder-style directory as a :class:`FeatureSet` (None on ranks other than 0).
 
     Example:
