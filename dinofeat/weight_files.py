@@ -32,19 +32,27 @@ PTH_SAFE_GLOBALS: list[Any] = [
     _np_scalar,
     (_np_scalar, "numpy.core.multiarray.scalar"),  # the name numpy 1.x wrote
     np.dtype,
-    np.dtypes.Float64DType,
-    np.dtypes.Float32DType,
-    np.dtypes.Int64DType,
+    *(getattr(np.dtypes, name) for name in ("Float64DType", "Float32DType", "Int64DType", "Int32DType",
+                                            "BoolDType") if hasattr(np.dtypes, name)),
 ]
+
+# torch.save writes a zip archive; files from torch < 1.6 are a bare pickle (protocol 2 starts 0x80 0x02).
+_TORCH_FILE_STARTS = (b"PK", b"\x80")
 
 
 def read_pth(path: str | os.PathLike[str]) -> Any:
     """``torch.load(path, weights_only=True)``, allowing only :data:`PTH_SAFE_GLOBALS` beyond tensors.
 
     Raises:
-        WeightsMismatchError: the file holds other pickled objects (named in the message) or is not a
-            torch file.
+        WeightsMismatchError: the file is empty, is not a torch file, is truncated or corrupt, or holds
+            other pickled objects (named in the message).
     """
+    with open(path, "rb") as handle:
+        start = handle.read(2)
+    if not start:
+        raise WeightsMismatchError(f"{path} is empty")
+    if not start.startswith(_TORCH_FILE_STARTS):
+        raise WeightsMismatchError(f"{path} is not a torch checkpoint (neither a zip archive nor a pickle)")
     try:
         with torch.serialization.safe_globals(PTH_SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -53,8 +61,10 @@ def read_pth(path: str | os.PathLike[str]) -> Any:
             f"{path} contains objects that dinofeat will not unpickle (weights_only=True): "
             f"{str(error).splitlines()[-3:]}"
         ) from None
-    except RuntimeError as error:
-        raise WeightsMismatchError(f"{path} is not a readable torch checkpoint: {error}") from None
+    except (RuntimeError, EOFError) as error:
+        reason = str(error).split(". ")[0] or type(error).__name__
+        raise WeightsMismatchError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): "
+                                   f"{reason}") from None
 
 
 def read_safetensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:

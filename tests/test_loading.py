@@ -157,6 +157,18 @@ def test_pth_with_other_pickled_objects_is_refused(tmp_path):
         dinofeat.load(tmp_path / "bad.pth", arch=TINY_VIT)
 
 
+def test_empty_garbage_and_truncated_pth_files_are_named_errors(tmp_path):
+    torch.save({"cls_token": torch.zeros(8)}, tmp_path / "good.pth")
+    whole = (tmp_path / "good.pth").read_bytes()
+    cases = {"empty.pth": (b"", "is empty"),
+             "text.pth": (b"<html>not found</html>", "not a torch checkpoint"),
+             "truncated.pth": (whole[: len(whole) // 2], "truncated or corrupt")}
+    for name, (content, message) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(dinofeat.WeightsMismatchError, match=f"{name}.*{message}"):
+            dinofeat.load(tmp_path / name, arch=TINY_VIT)
+
+
 def test_official_dinov2_register_keys_convert(tmp_path):
     arch = ViTConfig(patch_size=14, embed_dim=32, depth=1, num_heads=2, img_size=28, num_register_tokens=4,
                      layer_scale_init=1e-5, pos_embed_has_cls=False, mlp="swiglu", mlp_ratio=2.66667 * 2)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 
 from dinofeat.atomic_write import replace_atomically, write_text_atomically
+from dinofeat.weight_files import read_pth
 
 CHECKPOINT_NAME = "checkpoint.pth"
 
@@ -39,29 +39,17 @@ def atomic_save(obj: Any, path: str | os.PathLike[str], config_text: str | None 
     return replace_atomically(write, target, durable=True)
 
 
-def _numpy_scalar_globals() -> list[Any]:
-    # What a pickled numpy float64 / int64 refers to (module path differs across numpy 1.x / 2.x).
-    core = getattr(np, "_core", None) or np.core
-    found: list[Any] = [core.multiarray.scalar, np.dtype]
-    for name in ("Float64DType", "Float32DType", "Int64DType", "Int32DType", "BoolDType"):
-        dtype_class = getattr(np.dtypes, name, None)
-        if dtype_class is not None:
-            found.append(dtype_class)
-    return found
-
-
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``.
 
     Our own checkpoints hold only tensors and plain Python values. Official DINO checkpoints
-    also hold an ``argparse.Namespace`` and numpy scalars, which are allow-listed here (and
-    nothing else), so they load without ``weights_only=False``.
+    also hold an ``argparse.Namespace`` and numpy scalars, which :func:`dinofeat.weight_files.read_pth`
+    allow-lists (and nothing else), so they load without ``weights_only=False``.
     """
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"checkpoint {file} does not exist")
-    with torch.serialization.safe_globals([argparse.Namespace, *_numpy_scalar_globals()]):
-        data = torch.load(file, map_location="cpu", weights_only=True)
+    data = read_pth(file)
     if not isinstance(data, dict):
         raise ValueError(f"checkpoint {file} does not hold a dict")
     return data

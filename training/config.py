@@ -172,8 +172,12 @@ def _set(cfg: TrainConfig, dotted: str, value: Any) -> None:
         value = tuple(float(v) for v in value)
     elif isinstance(current, bool) and not isinstance(value, bool):
         raise TypeError(f"config key {dotted!r} expects true/false, got {value!r}")
-    elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+    elif isinstance(current, (int, float)) and not isinstance(current, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"config key {dotted!r} expects a number, got {value!r}")
+        if isinstance(current, int) and value != int(value):
+            raise TypeError(f"config key {dotted!r} expects a whole number, got {value!r}")
+        value = type(current)(value)
     setattr(section, key, value)
 
 
@@ -203,9 +207,15 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             import yaml
         except ImportError as error:  # pragma: no cover - pyyaml is in the [yaml] extra
             raise ImportError("YAML configs need pyyaml: pip install 'dinofeat[yaml]'") from error
-        data = yaml.safe_load(text) or {}
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{file} is not valid YAML: {error}") from None
     else:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{file} is not valid JSON: {error}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{file} must hold a mapping of sections")
     return _flatten(data, str(file))

@@ -35,6 +35,13 @@ def test_bad_override_is_a_clear_error(tmp_path: Path, capsys) -> None:  # type:
     assert "optim.nope" in capsys.readouterr().err
 
 
+def test_export_of_a_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "checkpoint.pth").write_bytes(b"garbage")
+    assert main(["export", str(tmp_path / "checkpoint.pth"), str(tmp_path / "out")]) == 2
+    assert "checkpoint.pth is not a torch checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_print_config_and_presets(capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["train", "--preset", "vit_s16_300ep", "--print-config"]) == 0
     cfg = json.loads(capsys.readouterr().out)

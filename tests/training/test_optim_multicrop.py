@@ -85,4 +85,17 @@ def test_config_sources_and_errors(tmp_path) -> None:  # type: ignore[no-untyped
             build_arch(resolve_config(overrides=bad).model)
     with pytest.raises(KeyError, match="unknown preset"):
         resolve_config("nope")
+    for bad, message in ((["optim.lr=abc"], "optim.lr' expects a number, got 'abc'"),
+                         (["run.epochs=1.5"], "run.epochs' expects a whole number"),
+                         (["run.epochs=true"], "run.epochs' expects a number")):
+        with pytest.raises(TypeError, match=message):
+            resolve_config(overrides=bad)
+    assert resolve_config(overrides=["run.epochs=2.0", "optim.lr=1"]).run.epochs == 2
+    assert isinstance(resolve_config(overrides=["optim.lr=1"]).optim.lr, float)
+    (tmp_path / "bad.yaml").write_text("optim: [1, 2\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml is not valid YAML"):
+        resolve_config(config_file=tmp_path / "bad.yaml")
+    (tmp_path / "bad.json").write_text('{"optim": {"lr": }}')
+    with pytest.raises(ValueError, match=r"bad\.json is not valid JSON"):
+        resolve_config(config_file=tmp_path / "bad.json")
     assert TrainConfig().optim.lr == 0.0005 and TrainConfig().head.out_dim == 65536
