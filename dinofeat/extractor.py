@@ -81,6 +81,8 @@ class FeatureExtractor(nn.Module):
     # ------------------------------------------------------------------ internals
     def _batches(self, images: Any, size: Size | None, batch_size: int, progress: bool | None
                  ) -> Iterator[torch.Tensor]:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
         total = count_images(images)
         n_batches = -(-total // batch_size)
         show = progress if progress is not None else n_batches >= PROGRESS_MIN_BATCHES

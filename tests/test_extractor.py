@@ -118,6 +118,7 @@ def test_corrupt_image_file_is_named(tiny, tmp_path):
 
 @pytest.mark.parametrize(("images", "error", "match"), [
     (torch.zeros(2, 4, 32, 32), ValueError, r"\(N, 3, H, W\)"),
+    (torch.zeros(4, 32, 32), ValueError, r"got \(4, 32, 32\)"),
     (torch.zeros(5, 32, 32, dtype=torch.uint8), ValueError, r"\(3, H, W\)"),
     (torch.zeros(1, 3, 32, 32, dtype=torch.int32), TypeError, "int32"),
     (np.zeros((32, 32, 3), dtype=np.float32), TypeError, "float32"),
@@ -127,6 +128,11 @@ def test_corrupt_image_file_is_named(tiny, tmp_path):
 def test_bad_inputs_get_specific_errors(tiny, images, error, match):
     with pytest.raises(error, match=match):
         tiny.embed(images)
+
+
+def test_non_positive_batch_size_is_a_clear_error(tiny):
+    with pytest.raises(ValueError, match="batch_size must be positive, got 0"):
+        tiny.embed(torch.zeros(1, 3, 32, 32), batch_size=0)
 
 
 def test_cls_attention_on_resnet_is_a_clear_error():
