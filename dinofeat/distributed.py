@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from dinofeat.errors import SetupError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -38,7 +40,7 @@ def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
     device = torch.device(preference)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("run.device asks for CUDA but no CUDA device is available")
+            raise SetupError("run.device asks for CUDA but no CUDA device is available")
         if device.index is None:
             device = torch.device("cuda", local_rank)
     return device
@@ -56,7 +58,7 @@ def init_distributed(device_preference: str = "auto") -> DistInfo:
         rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     except ValueError as error:
-        raise RuntimeError(f"malformed torchrun environment (RANK/WORLD_SIZE/LOCAL_RANK): {error}") from None
+        raise SetupError(f"malformed torchrun environment (RANK/WORLD_SIZE/LOCAL_RANK): {error}") from None
     device = pick_device(device_preference, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)

@@ -17,3 +17,7 @@ class ImageReadError(DinofeatError, ValueError):
 
 class OfflineModelError(DinofeatError, RuntimeError):
     """The weights are neither cached nor downloadable because the Hub is offline."""
+
+
+class SetupError(DinofeatError, RuntimeError):
+    """The machine or launcher cannot run what was asked: no CUDA device, a malformed torchrun environment."""

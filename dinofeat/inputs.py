@@ -15,15 +15,22 @@ from dinofeat.config import PreprocessConfig
 from dinofeat.errors import ImageReadError
 from dinofeat.preprocess import Size, pil_geometry, to_normalized_tensor
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"})
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 
 ImageLike: TypeAlias = "str | os.PathLike[str] | Image.Image | np.ndarray | torch.Tensor"
 Images: TypeAlias = "ImageLike | Sequence[ImageLike]"
 
 
 def list_image_files(folder: str | os.PathLike[str]) -> list[Path]:
-    """Image files below ``folder`` (recursively), sorted, by suffix."""
+    """Image files below ``folder`` (recursively), sorted, by suffix.
+
+    Raises:
+        FileNotFoundError: ``folder`` is not a folder, or holds no image file.
+    """
     root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist")
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dinofeat.training.config import PRESETS, resolve_config
 
 from dinofeat.distributed import shutdown
+from dinofeat.errors import DinofeatError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _train(args) if args.command == "train" else _export(args)
-    except (ValueError, TypeError, KeyError, FileNotFoundError) as error:
+    except (ValueError, TypeError, KeyError, FileNotFoundError, DinofeatError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"dinofeat-train {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -221,6 +221,65 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return _flatten(data, str(file))
 
 
+def config_problems(cfg: TrainConfig) -> list[str]:
+    """What is out of range in ``cfg``, one message per setting (empty when all is well).
+
+    Example:
+        >>> cfg = TrainConfig()
+        >>> cfg.run.epochs = 5
+        >>> config_problems(cfg)
+        ['optim.warmup_epochs (10) must lie in [0, run.epochs = 5]']
+    """
+    o, c, h, r, loss, d = cfg.optim, cfg.crops, cfg.head, cfg.run, cfg.loss, cfg.data
+    at_least_one = {
+        "run.epochs": r.epochs, "optim.batch_size_per_gpu": o.batch_size_per_gpu,
+        "crops.global_size": c.global_size, "crops.local_size": c.local_size, "head.out_dim": h.out_dim,
+        "head.hidden_dim": h.hidden_dim, "head.bottleneck_dim": h.bottleneck_dim, "head.nlayers": h.nlayers,
+        "run.log_every": r.log_every,
+    }
+    at_least_zero = {
+        "crops.local_crops_number": c.local_crops_number, "optim.min_lr": o.min_lr,
+        "optim.weight_decay": o.weight_decay, "optim.weight_decay_end": o.weight_decay_end,
+        "optim.clip_grad": o.clip_grad, "optim.freeze_last_layer": o.freeze_last_layer,
+        "run.saveckp_freq": r.saveckp_freq, "run.eval_every": r.eval_every, "data.num_workers": d.num_workers,
+        "loss.warmup_teacher_temp_epochs": loss.warmup_teacher_temp_epochs,
+    }
+    positive = {
+        "optim.lr": o.lr, "loss.teacher_temp": loss.teacher_temp,
+        "loss.warmup_teacher_temp": loss.warmup_teacher_temp, "loss.student_temp": loss.student_temp,
+    }
+    one_or_null = {"run.max_iters_per_epoch": r.max_iters_per_epoch, "data.cache_size": d.cache_size}
+    choices = {"optim.optimizer": (o.optimizer, ("adamw", "sgd", "lars")),
+               "run.precision": (r.precision, ("auto", "fp32", "fp16", "bf16"))}
+    problems = [f"{k} must be >= 1, got {v}" for k, v in at_least_one.items() if v < 1]
+    problems += [f"{k} must be >= 0, got {v}" for k, v in at_least_zero.items() if v < 0]
+    problems += [f"{k} must be > 0, got {v}" for k, v in positive.items() if v <= 0]
+    problems += [f"{k} must be >= 1 or null, got {v}"
+                 for k, v in one_or_null.items() if v is not None and v < 1]
+    problems += [f"{k} must be one of {', '.join(allowed)}, got {v!r}"
+                 for k, (v, allowed) in choices.items() if v not in allowed]
+    if not 0 <= o.warmup_epochs <= r.epochs:
+        problems.append(f"optim.warmup_epochs ({o.warmup_epochs}) must lie in [0, run.epochs = {r.epochs}]")
+    if not 0 <= o.momentum_teacher <= 1:
+        problems.append(f"optim.momentum_teacher must lie in [0, 1], got {o.momentum_teacher}")
+    if not 0 <= loss.center_momentum < 1:
+        problems.append(f"loss.center_momentum must lie in [0, 1), got {loss.center_momentum}")
+    if not 0 <= cfg.model.drop_path_rate < 1:
+        problems.append(f"model.drop_path_rate must lie in [0, 1), got {cfg.model.drop_path_rate}")
+    for name, (low, high) in (("crops.global_scale", c.global_scale), ("crops.local_scale", c.local_scale)):
+        if not 0 < low <= high <= 1:
+            problems.append(f"{name} must be (low, high) with 0 < low <= high <= 1, got {(low, high)}")
+    return problems
+
+
+def check_config(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` if every setting is in range; else ValueError naming each one that is not."""
+    problems = config_problems(cfg)
+    if problems:
+        raise ValueError("invalid training config: " + "; ".join(problems))
+    return cfg
+
+
 def resolve_config(
     preset: str | None = None,
     config_file: str | Path | None = None,
@@ -230,6 +289,8 @@ def resolve_config(
 
     Raises:
         KeyError: for an unknown preset or config key.
+        TypeError: for a value of the wrong type.
+        ValueError: for values out of range (all of them named, see :func:`config_problems`).
     """
     cfg = TrainConfig()
     if preset is not None:
@@ -243,12 +304,12 @@ def resolve_config(
         if not sep:
             raise ValueError(f"override {item!r} must look like section.key=value")
         _set(cfg, key.strip(), _parse_value(value.strip()))
-    return cfg
+    return check_config(cfg)
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Rebuild a :class:`TrainConfig` from ``to_dict()`` output (e.g. the JSON beside a checkpoint)."""
-    return apply_overrides(TrainConfig(), _flatten(data, "config"))
+    return check_config(apply_overrides(TrainConfig(), _flatten(data, "config")))
 
 
 _OFFICIAL_VITS = {"vit_tiny": (192, 3), "vit_small": (384, 6), "vit_base": (768, 12)}

@@ -22,29 +22,17 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, DistributedSampler
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+from dinofeat.errors import ImageReadError
+
 _log = logging.getLogger(__name__)
 _DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
-
-
-def find_images(root: str | os.PathLike[str]) -> list[Path]:
-    """All image files under ``root`` (recursive, class sub-folders optional), sorted.
-
-    Raises:
-        FileNotFoundError: ``root`` is not a folder, or holds no image.
-    """
-    folder = Path(root)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {folder}")
-    return files
 
 
 def read_file_list(path: str | os.PathLike[str]) -> list[Path]:
     """Image paths from a text file, one per line; relative paths are relative to the file."""
     file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"file list {file} does not exist")
     base = file.parent
     paths = [Path(line.strip()) for line in file.read_text().splitlines() if line.strip()]
     paths = [p if p.is_absolute() else base / p for p in paths]
@@ -92,7 +80,7 @@ class ImageDataset(Dataset[tuple[list[torch.Tensor], int]]):
         else:
             self.paths = list(paths)
         if not self.paths:
-            raise RuntimeError(f"none of the {len(paths)} images could be read")
+            raise ImageReadError(f"none of the {len(paths)} images could be read")
 
     def _build_cache(self, paths: list[Path], size: int) -> tuple[list[Path], list[np.ndarray]]:
         kept, cache = [], []
@@ -125,7 +113,7 @@ class ImageDataset(Dataset[tuple[list[torch.Tensor], int]]):
                 _log.warning("skipping unreadable image %s: %s", self.paths[current], error)
                 skipped += 1
         else:
-            raise RuntimeError(f"none of the {len(self.paths)} images could be read")
+            raise ImageReadError(f"none of the {len(self.paths)} images could be read")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed(self.seed, epoch, index))
             crops = self.transform(image)

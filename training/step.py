@@ -31,10 +31,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from dinofeat.config import ArchConfig, ViTConfig
+from dinofeat.errors import DinofeatError
 from dinofeat.models import build_backbone
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(DinofeatError, RuntimeError):
     """The loss became NaN or infinite; no parameter was updated in that iteration."""
 
 

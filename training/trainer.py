@@ -26,7 +26,7 @@ from dinofeat.training.checkpoint import (
     restore_rng_state,
 )
 from dinofeat.training.config import TrainConfig
-from dinofeat.training.data import EpochSampler, ImageDataset, collate_crops, find_images, read_file_list
+from dinofeat.training.data import EpochSampler, ImageDataset, collate_crops, read_file_list
 from dinofeat.training.head import official_head_keys_to_parametrized
 from dinofeat.training.metrics import MetricsWriter
 from dinofeat.training.step import DinoStep, Schedules, build_student_teacher
@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from dinofeat.distributed import DistInfo, barrier, init_distributed
+from dinofeat.inputs import list_image_files
 
 EvalHook = Callable[[nn.Module], dict[str, float]]
 """Takes the teacher backbone, returns metrics (e.g. {"knn_top1": 61.2}); called on every rank."""
@@ -47,7 +48,7 @@ def build_dataset(cfg: TrainConfig) -> ImageDataset:
     d, c = cfg.data, cfg.crops
     if (d.path is None) == (d.file_list is None):
         raise ValueError("set exactly one of data.path (an image folder) and data.file_list")
-    paths = find_images(d.path) if d.path is not None else read_file_list(str(d.file_list))
+    paths = list_image_files(d.path) if d.path is not None else read_file_list(str(d.file_list))
     augmentation = MultiCropAugmentation(c.global_size, c.local_size, c.global_scale, c.local_scale,
                                          c.local_crops_number)
     return ImageDataset(paths, augmentation, seed=cfg.run.seed, cache_size=d.cache_size)

@@ -73,3 +73,21 @@ def test_eval_every_without_folders_is_a_clear_error(tmp_path: Path, capsys) -> 
     data = make_image_folder(tmp_path / "images")
     assert main(train_args(data, tmp_path / "run", "run.eval_every=1")) == 2
     assert "run.eval_train" in capsys.readouterr().err
+
+
+def test_setup_and_input_errors_are_one_line(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    data = make_image_folder(tmp_path / "images")
+    listing = tmp_path / "nolist.txt"
+    no_list = train_args(data, tmp_path / "run", f"data.file_list={listing}")
+    no_list.remove("--data")
+    no_list.remove(str(data))
+    cases = [(no_list, f"file list {listing} does not exist"),
+             (train_args(data, tmp_path / "run", "crops.local_crops_number=-1"),
+              "crops.local_crops_number must be >= 0")]
+    if not torch.cuda.is_available():
+        cases.append((train_args(data, tmp_path / "run", "run.device=cuda"),
+                      "asks for CUDA but no CUDA device is available"))
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err

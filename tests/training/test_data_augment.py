@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 from dinofeat.training.augment import MultiCropAugmentation
-from dinofeat.training.data import EpochSampler, ImageDataset, find_images, read_file_list
+from dinofeat.training.data import EpochSampler, ImageDataset, read_file_list
 from PIL import Image
 
+from dinofeat.errors import ImageReadError
+from dinofeat.inputs import list_image_files
 from tests.training.helpers import make_image_folder
 
 
@@ -24,7 +26,7 @@ def test_augmentation_shapes_and_determinism() -> None:
 
 
 def test_crops_depend_only_on_seed_epoch_index(tmp_path: Path) -> None:
-    paths = find_images(make_image_folder(tmp_path, n=4))
+    paths = list_image_files(make_image_folder(tmp_path, n=4))
     dataset = ImageDataset(paths, _aug(), seed=3)
     a, _ = dataset[(1, 2)]
     torch.manual_seed(99)
@@ -38,7 +40,7 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path: Path, caplog: pytest.L
     root = make_image_folder(tmp_path, n=4)
     bad = root / "class0" / "broken.jpg"
     bad.write_bytes(b"not a jpeg at all")
-    paths = find_images(root)
+    paths = list_image_files(root)
     dataset = ImageDataset(paths, _aug())
     index = paths.index(bad)
     crops, skipped = dataset[(0, index)]
@@ -51,17 +53,17 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path: Path, caplog: pytest.L
 
 def test_no_readable_image_raises(tmp_path: Path) -> None:
     (tmp_path / "x.png").write_bytes(b"junk")
-    with pytest.raises(RuntimeError, match="could be read"):
+    with pytest.raises(ImageReadError, match="could be read"):
         ImageDataset([tmp_path / "x.png"], _aug(), cache_size=16)
 
 
 def test_file_list_and_missing_folder(tmp_path: Path) -> None:
     root = make_image_folder(tmp_path / "imgs", n=2)
     listing = tmp_path / "list.txt"
-    listing.write_text("\n".join(str(p.relative_to(tmp_path)) for p in find_images(root)) + "\n")
-    assert read_file_list(listing) == find_images(root)
+    listing.write_text("\n".join(str(p.relative_to(tmp_path)) for p in list_image_files(root)) + "\n")
+    assert read_file_list(listing) == list_image_files(root)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        find_images(tmp_path / "nowhere")
+        list_image_files(tmp_path / "nowhere")
 
 
 def test_sampler_shards_one_permutation() -> None:
