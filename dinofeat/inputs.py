@@ -122,11 +122,11 @@ def iter_batches(
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if isinstance(images, torch.Tensor) and images.is_floating_point():
-        batch = images.unsqueeze(0) if images.ndim == 3 else images
-        if batch.ndim != 4 or batch.shape[1] != 3:
+        preprocessed = images.unsqueeze(0) if images.ndim == 3 else images
+        if preprocessed.ndim != 4 or preprocessed.shape[1] != 3:
             raise ValueError(f"a float tensor must be a preprocessed batch (N, 3, H, W) or one image "
                              f"(3, H, W), got {tuple(images.shape)}")
-        yield from batch.split(batch_size)
+        yield from torch.split(preprocessed, batch_size)
         return
     if isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.ndim not in (3, 4):
         raise ValueError(
