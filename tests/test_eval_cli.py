@@ -176,6 +176,7 @@ def test_bad_inputs_are_clear_errors(tmp_path, capsys):
         Image.new("RGB", (40, 40), (80 * i, 10, 200)).save(gallery / f"{i}.png")
     index_dir = tmp_path / "index"
     assert main(["index", str(gallery), "-o", str(index_dir), "--model", str(model), *COMMON]) == 0
+    no_model = tmp_path / "no_model"
     cases = [
         (["search", str(index_dir), str(gallery / "0.png"), "--model", str(other)], "was built with model"),
         (["index", str(gallery), "-o", str(index_dir), "--model", str(other)], "was built with model"),
@@ -204,6 +205,15 @@ def test_bad_inputs_are_clear_errors(tmp_path, capsys):
             "--train folder not found",
         ),
         (["knn", "--train", str(tmp_path), "-o", "x.json"], "--model, --val required"),
+        # Settings that cannot work are refused before the model is even loaded (it does not exist here).
+        (["knn", "--model", str(no_model), "--train", str(tmp_path / "g"), "--val", str(tmp_path / "g"),
+          "-o", "x.json"], "every k must be between 1 and the number of train samples 3, got [10, 20"),
+        (["knn", "--model", str(no_model), "--train", str(tmp_path / "g"), "--val", str(tmp_path / "g"),
+          "--k", "1", "--temperature", "0", "-o", "x.json"], "temperature must be positive"),
+        (["linear", "--model", str(no_model), "--train", str(tmp_path / "g"), "--val", str(tmp_path / "g"),
+          "--epochs", "0", "-o", "x.json"], "epochs, batch_size and base_lr must be positive"),
+        (["dedup", str(gallery), "--threshold", "1.5", "--model", str(no_model)], "cosine similarity in (-1"),
+        (["search", str(tmp_path / "nowhere"), str(gallery / "0.png"), "--top", "0"], "--top must be >= 1"),
     ]
     (tmp_path / "empty_dir").mkdir()
     for argv, message in cases:

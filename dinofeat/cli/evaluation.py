@@ -15,7 +15,7 @@ from dinofeat.atomic_write import write_text_atomically
 from dinofeat.cli.common import add_skip_unreadable_option, add_workers_option, report_skipped
 from dinofeat.errors import ImageReadError
 from dinofeat.evaluation.contact_sheet import contact_sheet
-from dinofeat.evaluation.dedup import duplicate_groups
+from dinofeat.evaluation.dedup import check_threshold, duplicate_groups
 from dinofeat.evaluation.descriptors import descriptor_fn
 from dinofeat.evaluation.distributed import init_from_env, rank_and_world
 from dinofeat.evaluation.features import (
@@ -24,9 +24,10 @@ from dinofeat.evaluation.features import (
     drop_unreadable,
     extract_features,
     extract_folder,
+    scan_image_folder,
 )
 from dinofeat.evaluation.index import ImageIndex
-from dinofeat.evaluation.knn import DEFAULT_KS, DEFAULT_TEMPERATURE, knn_classify
+from dinofeat.evaluation.knn import DEFAULT_KS, DEFAULT_TEMPERATURE, check_knn_settings, knn_classify
 from dinofeat.evaluation.linear import LinearProbeConfig, linear_probe_features, train_linear_probe
 from dinofeat.extractor import FeatureExtractor
 from dinofeat.inputs import list_image_files
@@ -68,6 +69,20 @@ def _write_json(path: str, payload: Any) -> None:
 
 
 # ------------------------------------------------------------------ knn / linear
+def _require_dataset_args(args: argparse.Namespace) -> None:
+    """--model, --train and --val given, and both folders present (when features are to be extracted)."""
+    missing = [
+        flag
+        for flag, value in (("--model", args.model), ("--train", args.train), ("--val", args.val))
+        if not value
+    ]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} required unless --load-features is given")
+    for flag, folder in (("--train", args.train), ("--val", args.val)):
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"{flag} folder not found: {folder}")
+
+
 def _dataset_features(
     args: argparse.Namespace, kind: str, make_fn: Callable[[FeatureExtractor], BatchFeatures] | None
 ) -> tuple[FeatureSet, FeatureSet] | None:
@@ -80,17 +95,8 @@ def _dataset_features(
             FeatureSet.load(folder / "train.safetensors", model=wanted_model, kind=kind),
             FeatureSet.load(folder / "val.safetensors", model=wanted_model, kind=kind),
         )
-    missing = [
-        flag
-        for flag, value in (("--model", args.model), ("--train", args.train), ("--val", args.val))
-        if not value
-    ]
-    if missing:
-        raise ValueError(f"{', '.join(missing)} required unless --load-features is given")
+    _require_dataset_args(args)
     assert wanted_model is not None
-    for flag, folder in (("--train", args.train), ("--val", args.val)):
-        if not Path(folder).is_dir():
-            raise FileNotFoundError(f"{flag} folder not found: {folder}")
     init_from_env()
     extractor = load_model(args.model, args.random_init, args.device)
     feature_fn = make_fn(extractor) if make_fn else None
@@ -133,6 +139,12 @@ def _dataset_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_knn(args: argparse.Namespace) -> int:
+    # Refuse impossible settings before hours of feature extraction, not after.
+    num_train = None
+    if not args.load_features:
+        _require_dataset_args(args)
+        num_train = len(scan_image_folder(args.train).files)
+    check_knn_settings(args.k, args.temperature, num_train)
     features = _dataset_features(args, "cls", None)
     if features is None or rank_and_world()[0] != 0:
         return 0
@@ -165,6 +177,13 @@ def run_knn(args: argparse.Namespace) -> int:
 
 
 def run_linear(args: argparse.Namespace) -> int:
+    config = LinearProbeConfig(  # checked here, before the features are extracted
+        epochs=args.epochs,
+        batch_size=args.probe_batch_size,
+        base_lr=args.lr,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+    )
     kind = f"linear-last{args.n_last_blocks}" + ("+avgpool" if args.avgpool else "")
     features = _dataset_features(
         args, kind, lambda m: linear_probe_features(m, args.n_last_blocks, args.avgpool)
@@ -172,13 +191,6 @@ def run_linear(args: argparse.Namespace) -> int:
     if features is None or rank_and_world()[0] != 0:
         return 0
     train, val = features
-    config = LinearProbeConfig(
-        epochs=args.epochs,
-        batch_size=args.probe_batch_size,
-        base_lr=args.lr,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-    )
     result = train_linear_probe(
         train.features, train.labels, val.features, val.labels, config, num_classes=len(train.class_names)
     )
@@ -248,6 +260,8 @@ def run_index(args: argparse.Namespace) -> int:
 
 
 def run_search(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        raise ValueError(f"--top must be >= 1, got {args.top}")
     identity = model_id(args.model, args.random_init) if args.model else None
     index = ImageIndex.open(args.index, model=identity)
     queries = [p for q in args.queries for p in (list_image_files(q) if Path(q).is_dir() else [Path(q)])]
@@ -281,6 +295,7 @@ def _source_of(identity: str) -> tuple[str, bool]:
 
 
 def run_dedup(args: argparse.Namespace) -> int:
+    check_threshold(args.threshold)
     files = list_image_files(args.folder)
     extractor = load_model(args.model, args.random_init, args.device)
     listed = len(files)

@@ -14,6 +14,12 @@ def _find(parent: list[int], item: int) -> int:
     return item
 
 
+def check_threshold(threshold: float) -> None:
+    """ValueError unless ``threshold`` is a cosine similarity in (-1, 1]."""
+    if not -1.0 < threshold <= 1.0:
+        raise ValueError(f"threshold is a cosine similarity in (-1, 1], got {threshold}")
+
+
 def duplicate_groups(features: torch.Tensor, threshold: float) -> list[list[int]]:
     """Groups (size >= 2) of items linked by a chain of pairs with cosine similarity >= ``threshold``.
 
@@ -31,8 +37,7 @@ def duplicate_groups(features: torch.Tensor, threshold: float) -> list[list[int]
     """
     if features.ndim != 2 or features.shape[0] == 0:
         raise ValueError(f"need a non-empty (n, dim) feature matrix, got {tuple(features.shape)}")
-    if not -1.0 < threshold <= 1.0:
-        raise ValueError(f"threshold is a cosine similarity in (-1, 1], got {threshold}")
+    check_threshold(threshold)
     array = np.ascontiguousarray(torch.nn.functional.normalize(features.float().cpu(), dim=1).numpy())
     index = faiss.IndexFlatIP(array.shape[1])
     index.add(array)

@@ -49,12 +49,18 @@ def _check_inputs(train_features: torch.Tensor, train_labels: torch.Tensor, test
     if train_labels.shape != (train_features.shape[0],):
         raise ValueError(f"train_labels must have shape ({train_features.shape[0]},), "
                          f"got {tuple(train_labels.shape)}")
+    check_knn_settings(ks, temperature, train_features.shape[0])
+
+
+def check_knn_settings(ks: Sequence[int], temperature: float, num_train: int | None = None) -> None:
+    """ValueError unless every k is in [1, num_train] (when known) and the temperature is positive."""
     if not ks:
         raise ValueError("ks is empty: give at least one k")
-    bad = [k for k in ks if not 1 <= int(k) <= train_features.shape[0]]
+    upper = num_train if num_train is not None else float("inf")
+    bad = [k for k in ks if not 1 <= int(k) <= upper]
     if bad:
-        raise ValueError(f"every k must be between 1 and the number of train samples "
-                         f"{train_features.shape[0]}, got {bad}")
+        raise ValueError(f"every k must be between 1 and the number of train samples {num_train}, got {bad}"
+                         if num_train is not None else f"every k must be >= 1, got {bad}")
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
 

@@ -38,6 +38,12 @@ class LinearProbeConfig:
     weight_decay: float = 0.0
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.epochs <= 0 or self.batch_size <= 0 or self.base_lr <= 0:
+            raise ValueError(f"epochs, batch_size and base_lr must be positive: {self}")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ValueError(f"weight_decay must be >= 0 and momentum in [0, 1): {self}")
+
     @property
     def lr(self) -> float:
         return self.base_lr * self.batch_size / 256
@@ -81,8 +87,6 @@ def _check(train: torch.Tensor, train_labels: torch.Tensor, val: torch.Tensor, v
                          f"and {tuple(val.shape)}")
     if train_labels.shape != (train.shape[0],) or val_labels.shape != (val.shape[0],):
         raise ValueError("labels must have one entry per feature row")
-    if config.epochs <= 0 or config.batch_size <= 0 or config.base_lr <= 0:
-        raise ValueError(f"epochs, batch_size and base_lr must be positive: {config}")
 
 
 def train_linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, val_features: torch.Tensor,
