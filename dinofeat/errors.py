@@ -21,3 +21,7 @@ class OfflineModelError(DinofeatError, RuntimeError):
 
 class SetupError(DinofeatError, RuntimeError):
     """The machine or launcher cannot run what was asked: no CUDA device, a malformed torchrun environment."""
+
+
+class HubUploadError(DinofeatError, RuntimeError):
+    """Uploading a model folder to the Hugging Face Hub failed (offline, no token, HTTP error)."""

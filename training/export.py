@@ -11,6 +11,7 @@ import torch
 from dinofeat.training.checkpoint import load_checkpoint
 from dinofeat.training.config import TrainConfig, build_arch, config_from_dict, eval_preprocess
 
+from dinofeat.errors import HubUploadError
 from dinofeat.hub_format import HubConfig, load_state_dict_strict, save_pretrained
 from dinofeat.models import build_backbone
 
@@ -49,7 +50,9 @@ def export_teacher(
         output_dir: Target folder (config.json + model.safetensors + README.md).
         name: Model name recorded in config.json and the card (default: the folder name).
         evaluation: Results to put in the card and metadata (e.g. ``{"knn_top1": 62.3}``).
-        push_to_hub: A Hub repository id to upload the folder to (needs network and a token).
+        push_to_hub: A Hub repository id to upload the folder to (needs network and a token); the
+            folder is written first, so a failed upload (:class:`~dinofeat.errors.HubUploadError`) loses
+            nothing.
         private: Create the Hub repository as private.
         dtype: Store the weights in this dtype (``torch.float16`` halves the file); float32 by default.
 
@@ -82,6 +85,13 @@ def _push(folder: Path, repo_id: str, private: bool) -> None:
     from huggingface_hub import HfApi
 
     api = HfApi()
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    api.upload_folder(repo_id=repo_id, folder_path=str(folder),
-                      commit_message="Upload DINO teacher (dinofeat)")
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=str(folder),
+                          commit_message="Upload DINO teacher (dinofeat)")
+    except OSError as error:  # huggingface_hub's offline, token and HTTP errors are all OSErrors
+        reason = str(error).splitlines()[0].rstrip(".") if str(error) else type(error).__name__
+        raise HubUploadError(
+            f"the model is exported to {folder}, but uploading it to the Hub repository {repo_id} failed: "
+            f"{reason}. Upload the folder later with `hf upload {repo_id} {folder}`."
+        ) from error

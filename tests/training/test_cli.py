@@ -91,3 +91,19 @@ def test_setup_and_input_errors_are_one_line(tmp_path: Path, capsys) -> None:  #
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
+
+
+def test_failed_hub_upload_keeps_the_export(tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from huggingface_hub import constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)  # no test touches the network
+    out = tmp_path / "run"
+    data = make_image_folder(tmp_path / "images")
+    assert main(train_args(data, out, "run.epochs=1", "optim.warmup_epochs=0")) == 0
+    export_dir = tmp_path / "exported"
+    push = ["--push-to-hub", "someone/model"]
+    assert main(["export", str(out / "checkpoint.pth"), str(export_dir), *push]) == 2
+    err = capsys.readouterr().err
+    assert f"exported to {export_dir}, but uploading it to the Hub repository someone/model failed" in err
+    assert "offline mode" in err and "Traceback" not in err
+    assert dinofeat.load(export_dir, device="cpu").embed(torch.randn(1, 3, 32, 32)).shape == (1, 32)
