@@ -8,7 +8,14 @@ Example:
 """
 
 from dinofeat.config import HubSource, ModelSpec, PreprocessConfig, ResNetConfig, ViTConfig
-from dinofeat.errors import DinofeatError, ImageReadError, OfflineModelError, WeightsMismatchError
+from dinofeat.errors import (
+    DinofeatError,
+    HubUploadError,
+    ImageReadError,
+    OfflineModelError,
+    SetupError,
+    WeightsMismatchError,
+)
 from dinofeat.extractor import FeatureExtractor
 from dinofeat.loading import load
 from dinofeat.masks import attention_masks
@@ -20,11 +27,13 @@ __all__ = [
     "DinofeatError",
     "FeatureExtractor",
     "HubSource",
+    "HubUploadError",
     "ImageReadError",
     "ModelSpec",
     "OfflineModelError",
     "PreprocessConfig",
     "ResNetConfig",
+    "SetupError",
     "ViTConfig",
     "WeightsMismatchError",
     "__version__",
