@@ -10,6 +10,12 @@ if [ ! -x "$venv/bin/python" ]; then
   # torch is not pinned: pip takes the torch release that matches torchvision.
   "$venv/bin/python" -m pip install -q -e ".[dev]"
 fi
+# CI keeps one environment for many clones: its editable install must point at this checkout, or
+# dinofeat.training (mapped from training/) would be imported from the clone that built it.
+if ! "$venv/bin/python" -c 'import sys, dinofeat.training as t; sys.exit(not t.__file__.startswith(sys.argv[1]))' \
+    "$PWD/"; then
+  "$venv/bin/python" -m pip install -q --no-deps -e .
+fi
 "$venv/bin/python" -m ruff check .
 "$venv/bin/python" -m mypy
 "$venv/bin/python" -m pytest "$@"
