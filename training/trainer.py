@@ -25,7 +25,7 @@ from dinofeat.training.checkpoint import (
     load_checkpoint,
     restore_rng_state,
 )
-from dinofeat.training.config import TrainConfig
+from dinofeat.training.config import TrainConfig, check_config
 from dinofeat.training.data import EpochSampler, ImageDataset, collate_crops, read_file_list
 from dinofeat.training.head import official_head_keys_to_parametrized
 from dinofeat.training.metrics import MetricsWriter
@@ -66,7 +66,7 @@ class Trainer:
     def __init__(
         self, cfg: TrainConfig, eval_hook: EvalHook | None = None, dist_info: DistInfo | None = None
     ) -> None:
-        self.cfg = cfg
+        self.cfg = check_config(cfg)  # also when built in Python, not through resolve_config
         self.eval_hook = eval_hook
         self.dist = dist_info or init_distributed(cfg.run.device)
         self.output_dir = Path(cfg.run.output_dir)
