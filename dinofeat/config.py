@@ -127,10 +127,16 @@ class PreprocessConfig:
 
 
 def _check_keys(cls: type, data: dict[str, Any], what: str) -> None:
-    allowed = {f.name for f in dataclasses.fields(cls)}
+    fields = dataclasses.fields(cls)
+    allowed = {f.name for f in fields}
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise ValueError(f"unknown {what} config keys {unknown}; allowed: {sorted(allowed)}")
+    required = [f.name for f in fields
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in data]
+    if missing:
+        raise ValueError(f"{what} config lacks {missing} (required: {required})")
 
 
 def arch_from_dict(data: dict[str, Any]) -> ArchConfig:

@@ -62,12 +62,17 @@ class HubConfig:
             raise ValueError(
                 f"{origin} has format_version {version!r}; this dinofeat reads version {FORMAT_VERSION}"
             )
-        return cls(
-            arch=arch_from_dict(data["arch"]),
-            preprocess=PreprocessConfig.from_dict(data.get("preprocess", {})),
-            name=data.get("name"),
-            metadata=dict(data.get("metadata", {})),
-        )
+        if not isinstance(data.get("arch"), dict):
+            raise ValueError(f"{origin} has no 'arch' object")
+        try:
+            return cls(
+                arch=arch_from_dict(data["arch"]),
+                preprocess=PreprocessConfig.from_dict(data.get("preprocess", {})),
+                name=data.get("name"),
+                metadata=dict(data.get("metadata", {})),
+            )
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{origin}: {error}") from None
 
 
 def is_dinofeat_config(data: dict[str, Any]) -> bool:

@@ -218,6 +218,17 @@ def test_bundled_package_path_loads_with_no_network(tmp_path, monkeypatch):
     assert torch.equal(dinofeat.load("tiny_test", device="cpu").embed(x), reference(x))
 
 
+def test_broken_config_json_names_the_file_and_the_problem(tmp_path):
+    folder = save_pretrained(build_backbone(TINY), tmp_path / "model", HubConfig(arch=TINY))
+    config = json.loads((folder / "config.json").read_text())
+    for arch, message in (({"patch_size": 8}, r"lacks \['embed_dim', 'depth', 'num_heads'\]"),
+                          ({**config["arch"], "num_heads": 3}, "divisible by num_heads"),
+                          (None, "has no 'arch' object")):
+        (folder / "config.json").write_text(json.dumps({**config, "arch": arch}))
+        with pytest.raises(ValueError, match=r"config\.json.*" + message):
+            dinofeat.load(folder)
+
+
 def test_mismatched_weights_name_the_keys(tmp_path):
     state = dict(build_backbone(TINY).state_dict())
     del state["norm.weight"]
