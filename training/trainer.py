@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -35,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from dinofeat.distributed import DistInfo, barrier, init_distributed
+from dinofeat.hub_format import load_state_dict_strict
 from dinofeat.inputs import list_image_files
 
 EvalHook = Callable[[nn.Module], dict[str, float]]
@@ -52,6 +54,18 @@ def build_dataset(cfg: TrainConfig) -> ImageDataset:
     augmentation = MultiCropAugmentation(c.global_size, c.local_size, c.global_scale, c.local_scale,
                                          c.local_crops_number)
     return ImageDataset(paths, augmentation, seed=cfg.run.seed, cache_size=d.cache_size)
+
+
+def _check_same_network(saved: dict[str, Any], current: dict[str, Any], origin: str) -> None:
+    """A resumed run must build the network it saved; name every model/head setting that differs."""
+    changed = [f"{section}.{key}: {saved[section].get(key)!r} there, {value!r} now"
+               for section in ("model", "head") for key, value in current[section].items()
+               if saved.get(section, {}).get(key) != value and key != "drop_path_rate"]
+    if changed:
+        raise ValueError(
+            f"{origin} was written by a run with other network settings ({'; '.join(changed)}). Resume "
+            "with the same settings, or start a new run (another run.output_dir, or run.resume=null)."
+        )
 
 
 class Trainer:
@@ -117,7 +131,7 @@ class Trainer:
         path = self.output_dir / CHECKPOINT_NAME if resume == "auto" else Path(resume)
         if resume == "auto" and not path.is_file():
             return
-        self.load_state(load_checkpoint(path))
+        self.load_state(load_checkpoint(path), origin=str(path))
         if self.dist.is_main:
             _log.info("resumed from %s at epoch %d", path, self.start_epoch)
 
@@ -136,16 +150,23 @@ class Trainer:
             "config": self.cfg.to_json(),
         }
 
-    def load_state(self, ckpt: dict[str, Any]) -> None:
-        """Restore a dinofeat checkpoint or an official DINO ``checkpoint.pth`` (strict keys)."""
+    def load_state(self, ckpt: dict[str, Any], origin: str = "checkpoint") -> None:
+        """Restore a dinofeat checkpoint or an official DINO ``checkpoint.pth`` (strict keys).
+
+        Raises:
+            ValueError: a dinofeat checkpoint from a run whose model or head settings differ.
+            WeightsMismatchError: weights that do not fit (an official checkpoint of another model).
+        """
         official = ckpt.get("format") != "dinofeat-train"
+        if not official:
+            _check_same_network(json.loads(ckpt["config"]), self.cfg.to_dict(), origin)
         student_sd, teacher_sd = ckpt["student"], ckpt["teacher"]
         if official:
             student_sd = official_head_keys_to_parametrized(
                 {k.removeprefix("module."): v for k, v in student_sd.items()})
             teacher_sd = official_head_keys_to_parametrized(teacher_sd)
-        self.student_module.load_state_dict(student_sd, strict=True)
-        self.teacher.load_state_dict(teacher_sd, strict=True)
+        load_state_dict_strict(self.student_module, student_sd, origin=f"{origin} (student)")
+        load_state_dict_strict(self.teacher, teacher_sd, origin=f"{origin} (teacher)")
         self.step.optimizer.load_state_dict(_plain_optimizer_state(ckpt["optimizer"], self.step.optimizer))
         if self.step.scaler is not None and ckpt.get("scaler"):
             self.step.scaler.load_state_dict(ckpt["scaler"])

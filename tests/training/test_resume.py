@@ -80,3 +80,15 @@ def test_official_full_checkpoint_resumes(golden: Path, tmp_path: Path) -> None:
     assert torch.equal(trainer.student_module.head.last_layer.parametrizations.weight.original1,
                        ckpt["student"]["module.head.last_layer.weight_v"])
     trainer.fit()  # continues training from epoch 1
+
+
+def test_resume_with_another_network_is_refused_and_keeps_the_checkpoint(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "images")
+    first = Trainer(_config(data, tmp_path / "run", "run.epochs=1"))
+    first.fit()
+    saved = (tmp_path / "run" / CHECKPOINT_NAME).read_bytes()
+    with pytest.raises(ValueError, match=r"head\.out_dim: 64 there, 128 now.*run\.resume=null"):
+        Trainer(_config(data, tmp_path / "run", "run.epochs=2", "head.out_dim=128"))
+    assert (tmp_path / "run" / CHECKPOINT_NAME).read_bytes() == saved
+    resumed = Trainer(_config(data, tmp_path / "run", "run.epochs=2", "model.drop_path_rate=0.0"))
+    assert resumed.start_epoch == 1  # drop-path is a training setting, not part of the network
