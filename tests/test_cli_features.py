@@ -102,8 +102,12 @@ def test_embed_skip_unreadable_counts_names_and_leaves_them_out(tiny_dir, images
     assert np.allclose(features.numpy(), expected.numpy(), atol=1e-6)
 
 
-def test_embed_checks_the_output_name_before_any_work(images, tmp_path, capsys):
-    # The model does not exist: the output name must be refused before anything is loaded.
+def test_embed_checks_the_output_name_and_size_before_any_work(images, tmp_path, capsys):
+    # The model does not exist: these must be refused before anything is loaded.
     argv = ["embed", str(images), "-m", str(tmp_path / "no_model"), "-o", str(tmp_path / "feats.txt")]
     assert main(argv) == 2
     assert "must end in .npy or .safetensors" in capsys.readouterr().err
+    argv = ["embed", str(images), "-m", str(tmp_path / "no_model"), "-o", str(tmp_path / "f.npy"),
+            "--size", "0"]
+    assert main(argv) == 2
+    assert "--size values must be positive, got [0]" in capsys.readouterr().err

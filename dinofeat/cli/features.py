@@ -58,6 +58,8 @@ def add_parsers(subparsers: Any) -> None:
 def _size(values: list[int] | None) -> Size | None:
     if not values:
         return None
+    if min(values) <= 0:
+        raise ValueError(f"--size values must be positive, got {values}")
     if len(values) == 1:
         return values[0]
     if len(values) == 2:
