@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from dinofeat.atomic_write import replace_atomically
@@ -69,13 +70,27 @@ def save_features(path: str | os.PathLike[str], features: torch.Tensor, files: S
 
 
 def load_features(path: str | os.PathLike[str]) -> tuple[torch.Tensor, list[str]]:
-    """Read what :func:`save_features` wrote: (features, files)."""
-    file = Path(path)
-    if file.suffix == ".npy":
-        features = torch.from_numpy(np.load(file))
-        return features, sidecar_path(file).read_text().splitlines()
-    from safetensors import safe_open
+    """Read what :func:`save_features` wrote: (features, files).
 
-    with safe_open(str(file), "pt") as handle:
-        metadata = handle.metadata() or {}
-        return handle.get_tensor("features"), json.loads(metadata.get("files", "[]"))
+    Raises:
+        FileNotFoundError: the file, or the file list beside a ``.npy``, is missing.
+        ValueError: the file is not a readable feature file.
+    """
+    file = check_feature_path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"feature file not found: {file}")
+    if file.suffix == ".npy":
+        listing = sidecar_path(file)
+        if not listing.is_file():
+            raise FileNotFoundError(f"{file} has no file list {listing.name} beside it")
+        try:
+            features = torch.from_numpy(np.load(file))
+        except (ValueError, OSError) as error:
+            raise ValueError(f"{file} is not a readable .npy feature file: {error}") from None
+        return features, listing.read_text().splitlines()
+    try:
+        with safe_open(str(file), "pt") as handle:
+            metadata = handle.metadata() or {}
+            return handle.get_tensor("features"), json.loads(metadata.get("files", "[]"))
+    except SafetensorError as error:
+        raise ValueError(f"{file} is not a readable safetensors feature file: {error}") from None

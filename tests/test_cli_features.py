@@ -111,3 +111,18 @@ def test_embed_checks_the_output_name_and_size_before_any_work(images, tmp_path,
             "--size", "0"]
     assert main(argv) == 2
     assert "--size values must be positive, got [0]" in capsys.readouterr().err
+
+
+def test_unreadable_feature_files_are_named(tmp_path):
+    np.save(tmp_path / "lone.npy", np.zeros((2, 3), dtype=np.float32))
+    with pytest.raises(FileNotFoundError, match=r"lone\.npy has no file list lone\.txt"):
+        load_features(tmp_path / "lone.npy")
+    (tmp_path / "text.npy").write_text("not numpy")
+    (tmp_path / "text.txt").write_text("a.png\n")
+    with pytest.raises(ValueError, match=r"text\.npy is not a readable \.npy feature file"):
+        load_features(tmp_path / "text.npy")
+    (tmp_path / "cut.safetensors").write_bytes(b"\x08\x00\x00")
+    with pytest.raises(ValueError, match=r"cut\.safetensors is not a readable safetensors feature file"):
+        load_features(tmp_path / "cut.safetensors")
+    with pytest.raises(FileNotFoundError, match="feature file not found"):
+        load_features(tmp_path / "missing.safetensors")

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from PIL import Image
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
@@ -208,12 +208,15 @@ class FeatureSet:
         """Read a file written by :meth:`save`, checking format, counts and (if given) model and kind."""
         if not Path(path).is_file():
             raise FileNotFoundError(f"feature file not found: {path}")
-        with safe_open(str(path), "pt") as handle:
-            meta_text = (handle.metadata() or {}).get("dinofeat")
-            if meta_text is None:
-                raise ValueError(f"{path} is not a dinofeat feature file (no 'dinofeat' metadata)")
-            meta: dict[str, Any] = json.loads(meta_text)
-            tensors = {key: handle.get_tensor(key) for key in ("features", "labels", "files_utf8")}
+        try:
+            with safe_open(str(path), "pt") as handle:
+                meta_text = (handle.metadata() or {}).get("dinofeat")
+                if meta_text is None:
+                    raise ValueError(f"{path} is not a dinofeat feature file (no 'dinofeat' metadata)")
+                meta: dict[str, Any] = json.loads(meta_text)
+                tensors = {key: handle.get_tensor(key) for key in ("features", "labels", "files_utf8")}
+        except SafetensorError as error:
+            raise ValueError(f"{path} is not a readable safetensors feature file: {error}") from None
         if meta.get("format") != FEATURES_FORMAT or meta.get("version") != FEATURES_VERSION:
             raise ValueError(f"{path}: unsupported feature file format {meta.get('format')} "
                              f"version {meta.get('version')}")
