@@ -291,3 +291,27 @@ def test_index_and_dedup_skip_unreadable_images(tmp_path, capsys):
     assert main(dedup) == 2 and "broken.jpg" in capsys.readouterr().err
     assert main([*dedup, "--skip-unreadable"]) == 0
     assert "among 3 images" in capsys.readouterr().out
+
+
+def test_damaged_index_parts(tmp_path, caplog):
+    model = save_tiny_model(tmp_path / "model")
+    gallery = tmp_path / "g"
+    gallery.mkdir()
+    for i in range(3):
+        Image.new("RGB", (40, 40), (80 * i, 10, 200)).save(gallery / f"{i}.png")
+    index_dir = tmp_path / "index"
+    assert main(["index", str(gallery), "-o", str(index_dir), "--model", str(model), *COMMON]) == 0
+    queries = ImageIndex.open(index_dir).features[:2]
+    expected = ImageIndex.open(index_dir).search(queries, top=3)
+    # The faiss file only mirrors the stored features: a truncated one is rebuilt, with a warning.
+    faiss_file = next(index_dir.glob("faiss-*.index"))
+    faiss_file.write_bytes(faiss_file.read_bytes()[:60])
+    assert ImageIndex.open(index_dir).search(queries, top=3) == expected
+    assert "rebuilt from features-" in caplog.text
+    features_file = next(index_dir.glob("features-*.safetensors"))
+    features_file.write_bytes(features_file.read_bytes()[:60])
+    with pytest.raises(IndexMismatchError, match=r"is damaged: features-\d+\.safetensors cannot be read"):
+        ImageIndex.open(index_dir)
+    (index_dir / "manifest.json").write_text("{")
+    with pytest.raises(IndexMismatchError, match=r"manifest\.json is not valid JSON"):
+        ImageIndex.open(index_dir)

@@ -15,6 +15,7 @@ dimension and the count of every part; any mismatch is an error naming both valu
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,10 +24,13 @@ from typing import Any
 
 import faiss
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dinofeat.atomic_write import replace_atomically, write_text_atomically
 from dinofeat.evaluation.neighbors import build_index, search
+
+_log = logging.getLogger(__name__)
 
 INDEX_FORMAT = "dinofeat-index"
 INDEX_VERSION = 1
@@ -84,7 +88,10 @@ class ImageIndex:
         path = Path(directory)
         if not (path / MANIFEST).is_file():
             raise FileNotFoundError(f"no dinofeat index in {path} (missing {MANIFEST})")
-        meta: dict[str, Any] = json.loads((path / MANIFEST).read_text())
+        try:
+            meta: dict[str, Any] = json.loads((path / MANIFEST).read_text())
+        except json.JSONDecodeError as error:
+            raise IndexMismatchError(f"{path / MANIFEST} is not valid JSON: {error}") from None
         if meta.get("format") != INDEX_FORMAT or meta.get("version") != INDEX_VERSION:
             raise IndexMismatchError(f"{path}: unsupported index format {meta.get('format')!r} "
                                      f"version {meta.get('version')!r} "
@@ -93,14 +100,27 @@ class ImageIndex:
             if wanted is not None and meta[field] != wanted:
                 raise IndexMismatchError(f"index {path} was built with {field} {meta[field]!r}, "
                                          f"but {wanted!r} was requested")
-        generation = int(meta["generation"])
-        parts = [path / f"features-{generation}.safetensors", path / f"faiss-{generation}.index"]
-        absent = [p.name for p in parts if not p.is_file()]
-        if absent:
-            raise IndexMismatchError(f"index {path} is incomplete: missing {absent}")
-        features = load_file(str(parts[0]))["features"]
-        index = faiss.read_index(str(parts[1]))
-        count, dim, files = int(meta["count"]), int(meta["dim"]), list(meta["files"])
+        try:
+            generation, count, dim = int(meta["generation"]), int(meta["count"]), int(meta["dim"])
+            files = list(meta["files"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise IndexMismatchError(f"{path / MANIFEST} lacks or garbles a field: {error}") from None
+        features_file = path / f"features-{generation}.safetensors"
+        faiss_file = path / f"faiss-{generation}.index"
+        if not features_file.is_file():
+            raise IndexMismatchError(f"index {path} is incomplete: missing {features_file.name}")
+        try:
+            features = load_file(str(features_file))["features"]
+        except (SafetensorError, KeyError) as error:
+            raise IndexMismatchError(f"index {path} is damaged: {features_file.name} cannot be read "
+                                     f"({error}); build it again with `dinofeat index`") from None
+        try:
+            index = faiss.read_index(str(faiss_file))
+        except RuntimeError as error:
+            # The faiss file only mirrors the features: rebuild it instead of failing.
+            _log.warning("index %s: %s is unreadable (%s); rebuilt from %s", path, faiss_file.name,
+                         str(error).splitlines()[-1], features_file.name)
+            index = build_index(features)
         shapes = {"features": tuple(features.shape), "faiss": (index.ntotal, index.d),
                   "files": (len(files), dim)}
         if any(shape != (count, dim) for shape in shapes.values()):
