@@ -11,8 +11,8 @@ from dinofeat.training.trainer import EvalHook
 from torch import nn
 
 from dinofeat.config import PreprocessConfig
-from dinofeat.evaluation.features import extract_folder
-from dinofeat.evaluation.knn import knn_classify
+from dinofeat.evaluation.features import extract_folder, scan_image_folder
+from dinofeat.evaluation.knn import check_knn_settings, knn_classify
 from dinofeat.extractor import FeatureExtractor
 
 
@@ -33,7 +33,14 @@ def knn_monitor(
         >>> hook = knn_monitor("data/train", "data/val", preprocess)  # doctest: +SKIP
         >>> hook(teacher_backbone)  # doctest: +SKIP
         {'knn20_top1': 61.2, 'knn20_top5': 93.0}
+
+    Raises:
+        FileNotFoundError / ValueError: a folder is missing or not in the ImageFolder layout, or has fewer
+            than ``k`` training images; checked now rather than at the first evaluation, an epoch later.
     """
+    num_train = len(scan_image_folder(train_dir).files)
+    scan_image_folder(val_dir)
+    check_knn_settings([k], temperature, num_train)
 
     def hook(backbone: nn.Module) -> dict[str, float]:
         was_training = backbone.training

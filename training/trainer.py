@@ -84,6 +84,8 @@ class Trainer:
         self.eval_hook = eval_hook
         self.dist = dist_info or init_distributed(cfg.run.device)
         self.output_dir = Path(cfg.run.output_dir)
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise ValueError(f"run.output_dir {self.output_dir} exists and is not a folder")
         # Same seed on every rank: identical initial student and teacher everywhere.
         _seed_everything(cfg.run.seed)
         self.dataset = build_dataset(cfg)

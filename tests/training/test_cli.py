@@ -84,6 +84,11 @@ def test_setup_and_input_errors_are_one_line(tmp_path: Path, capsys) -> None:  #
     cases = [(no_list, f"file list {listing} does not exist"),
              (train_args(data, tmp_path / "run", "crops.local_crops_number=-1"),
               "crops.local_crops_number must be >= 0")]
+    (tmp_path / "a_file").write_text("")
+    cases.append((train_args(data, tmp_path / "a_file"), "a_file exists and is not a folder"))
+    # A wrong k-NN monitor folder is refused before training, not after the first epoch.
+    cases.append((train_args(data, tmp_path / "run", "run.eval_every=1", f"run.eval_train={tmp_path / 'no'}",
+                             f"run.eval_val={data}"), "dataset folder not found"))
     if not torch.cuda.is_available():
         cases.append((train_args(data, tmp_path / "run", "run.device=cuda"),
                       "asks for CUDA but no CUDA device is available"))
@@ -91,6 +96,7 @@ def test_setup_and_input_errors_are_one_line(tmp_path: Path, capsys) -> None:  #
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()  # no case trained or wrote anything
 
 
 def test_failed_hub_upload_keeps_the_export(tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
