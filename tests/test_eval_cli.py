@@ -167,13 +167,19 @@ def test_dedup_groups_copies(tmp_path, photos, capsys):
     assert [sorted(Path(p).name for p in g) for g in groups] == [sorted([files[0].name, "copy_of_first.jpg"])]
 
 
-def test_bad_inputs_are_clear_errors(tmp_path, capsys):
+def _model_and_gallery(tmp_path: Path, folder_name: str = "photos") -> tuple[Path, Path]:
+    """A tiny random model and a folder of three small plain-colour images."""
     model = save_tiny_model(tmp_path / "model")
-    other = save_tiny_model(tmp_path / "other", name="other")
-    gallery = tmp_path / "g" / "c"
-    gallery.mkdir(parents=True)
+    folder = tmp_path / folder_name
+    folder.mkdir(parents=True)
     for i in range(3):
-        Image.new("RGB", (40, 40), (80 * i, 10, 200)).save(gallery / f"{i}.png")
+        Image.new("RGB", (40, 40), (80 * i, 10, 200)).save(folder / f"{i}.png")
+    return model, folder
+
+
+def test_bad_inputs_are_clear_errors(tmp_path, capsys):
+    model, gallery = _model_and_gallery(tmp_path, "g/c")
+    other = save_tiny_model(tmp_path / "other", name="other")
     index_dir = tmp_path / "index"
     assert main(["index", str(gallery), "-o", str(index_dir), "--model", str(model), *COMMON]) == 0
     no_model = tmp_path / "no_model"
@@ -267,11 +273,7 @@ def test_linear_cli_on_tiny_folder(tmp_path):
 
 
 def test_index_and_dedup_skip_unreadable_images(tmp_path, capsys):
-    model = save_tiny_model(tmp_path / "model")
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for i in range(3):
-        Image.new("RGB", (40, 40), (80 * i, 10, 200)).save(folder / f"{i}.png")
+    model, folder = _model_and_gallery(tmp_path)
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     index_dir = tmp_path / "index"
     argv = ["index", str(folder), "-o", str(index_dir), "--model", str(model), *COMMON]
@@ -294,11 +296,7 @@ def test_index_and_dedup_skip_unreadable_images(tmp_path, capsys):
 
 
 def test_damaged_index_parts(tmp_path, caplog):
-    model = save_tiny_model(tmp_path / "model")
-    gallery = tmp_path / "g"
-    gallery.mkdir()
-    for i in range(3):
-        Image.new("RGB", (40, 40), (80 * i, 10, 200)).save(gallery / f"{i}.png")
+    model, gallery = _model_and_gallery(tmp_path)
     index_dir = tmp_path / "index"
     assert main(["index", str(gallery), "-o", str(index_dir), "--model", str(model), *COMMON]) == 0
     queries = ImageIndex.open(index_dir).features[:2]
