@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from dinofeat.devices import require_device
 from dinofeat.errors import SetupError
 
 
@@ -37,12 +38,9 @@ def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
     """``auto``: CUDA (this process's local GPU) when available, else CPU; or an explicit device."""
     if preference == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(preference)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SetupError("run.device asks for CUDA but no CUDA device is available")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
+    device = require_device(preference)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
     return device
 
 

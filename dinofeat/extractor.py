@@ -18,15 +18,6 @@ from dinofeat.preprocess import Size
 PROGRESS_MIN_BATCHES = 4
 
 
-def auto_device() -> torch.device:
-    """cuda if available, else mps, else cpu."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 class FeatureExtractor(nn.Module):
     """DINO features from any images: CLS embeddings, patch tokens, intermediate layers, attention.
 

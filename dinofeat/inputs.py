@@ -122,6 +122,9 @@ def iter_batches(
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if isinstance(images, torch.Tensor) and images.is_floating_point():
+        if size is not None:
+            raise ValueError("size= resizes images that dinofeat preprocesses; a float tensor is taken as "
+                             "already preprocessed and used at its own size")
         preprocessed = images.unsqueeze(0) if images.ndim == 3 else images
         if preprocessed.ndim != 4 or preprocessed.shape[1] != 3:
             raise ValueError(f"a float tensor must be a preprocessed batch (N, 3, H, W) or one image "

@@ -16,8 +16,9 @@ import torch
 
 from dinofeat import convert
 from dinofeat.config import ArchConfig, ModelSpec, PreprocessConfig, ResNetConfig, ViTConfig, arch_from_dict
+from dinofeat.devices import auto_device, require_device
 from dinofeat.download import hf_file, package_folder, url_file
-from dinofeat.extractor import FeatureExtractor, auto_device
+from dinofeat.extractor import FeatureExtractor
 from dinofeat.hub_format import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -46,7 +47,10 @@ def _as_arch(arch: ArchLike) -> ArchConfig:
 
 def _finish(backbone: Backbone, preprocess: PreprocessConfig, name: str | None,
             device: str | torch.device | None, dtype: torch.dtype | None) -> FeatureExtractor:
-    target = torch.device(device) if device is not None else auto_device()
+    target = require_device(device) if device is not None else auto_device()
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch dtype such as torch.float16 or torch.bfloat16, "
+                        f"got {dtype!r}")
     extractor = FeatureExtractor(backbone, preprocess, name=name)
     return extractor.to(device=target, dtype=dtype) if dtype is not None else extractor.to(target)
 
@@ -189,6 +193,8 @@ def load(
                 "pass weights as `source` and the architecture as `arch`, not both as architectures")
         return _finish(build_backbone(_as_arch(source)), PreprocessConfig(), None, device, dtype)
     text = os.fspath(source)
+    if arch is not None and (text.startswith(HF_HUB_PREFIX) or text in ZOO or Path(text).is_dir()):
+        raise ValueError(f"arch= is for a bare weights file; {text!r} names its own architecture")
     if text.startswith(HF_HUB_PREFIX):
         return _finish(*_load_hf_hub(text), device, dtype)
     if text in ZOO:

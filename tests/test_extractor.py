@@ -130,6 +130,11 @@ def test_bad_inputs_get_specific_errors(tiny, images, error, match):
         tiny.embed(images)
 
 
+def test_size_with_a_preprocessed_tensor_is_refused(tiny):
+    with pytest.raises(ValueError, match="already preprocessed"):
+        tiny.embed(torch.zeros(1, 3, 32, 32), size=(64, 64))
+
+
 def test_non_positive_batch_size_is_a_clear_error(tiny):
     with pytest.raises(ValueError, match="batch_size must be positive, got 0"):
         tiny.embed(torch.zeros(1, 3, 32, 32), batch_size=0)

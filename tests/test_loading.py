@@ -266,3 +266,18 @@ def test_bare_file_needs_arch_and_missing_file_is_named(tmp_path):
 def test_hf_hub_source_syntax_is_checked():
     with pytest.raises(ValueError, match="org/repo"):
         dinofeat.load("hf-hub:just-a-name")
+
+
+def test_device_dtype_and_arch_arguments_are_checked(tmp_path):
+    if not torch.cuda.is_available():
+        with pytest.raises(dinofeat.SetupError, match="asks for CUDA but no CUDA device is available"):
+            dinofeat.load(TINY_VIT, device="cuda")
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        dinofeat.load(TINY_VIT, device="tpu")
+    for dtype in ("float16", torch.int8):
+        with pytest.raises(TypeError, match="dtype must be a floating torch dtype"):
+            dinofeat.load(TINY_VIT, device="cpu", dtype=dtype)  # type: ignore[arg-type]
+    folder = save_pretrained(build_backbone(TINY), tmp_path / "model", HubConfig(arch=TINY))
+    for source in ("vit_s16", folder):
+        with pytest.raises(ValueError, match="arch= is for a bare weights file"):
+            dinofeat.load(source, arch="vit_s8", pretrained=False, device="cpu")
