@@ -92,3 +92,14 @@ def test_resume_with_another_network_is_refused_and_keeps_the_checkpoint(tmp_pat
     assert (tmp_path / "run" / CHECKPOINT_NAME).read_bytes() == saved
     resumed = Trainer(_config(data, tmp_path / "run", "run.epochs=2", "model.drop_path_rate=0.0"))
     assert resumed.start_epoch == 1  # drop-path is a training setting, not part of the network
+
+
+def test_resume_weights_that_do_not_fit_name_the_key(tmp_path: Path) -> None:
+    from dinofeat.errors import WeightsMismatchError
+
+    data = make_image_folder(tmp_path / "images")
+    trainer = Trainer(_config(data, tmp_path / "run", "run.epochs=1"))
+    state = trainer.state_dict(1)
+    state["teacher"] = {**state["teacher"], "backbone.cls_token": torch.zeros(1, 1, 7)}
+    with pytest.raises(WeightsMismatchError, match=r"backbone\.cls_token: file \(1, 1, 7\)"):
+        trainer.load_state(state, origin="edited.pth")
