@@ -113,14 +113,13 @@ def count_images(images: Any) -> int:
 def iter_batches(
     images: Any, config: PreprocessConfig, size: Size | None, batch_size: int
 ) -> Iterator[torch.Tensor]:
-    """Yield normalised float batches (B, 3, H, W) for any accepted input.
+    """Yield normalised float batches (B, 3, H, W) for any accepted input (``batch_size`` >= 1, checked
+    by the caller).
 
     A floating-point tensor (N, 3, H, W) is taken as already preprocessed and only split into
     batches. Everything else is decoded to RGB and goes through the model's preprocessing; all
     images of one call must come out at the same size (they do with the default crop).
     """
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
     if isinstance(images, torch.Tensor) and images.is_floating_point():
         if size is not None:
             raise ValueError("size= resizes images that dinofeat preprocesses; a float tensor is taken as "

@@ -38,18 +38,18 @@ def knn_monitor(
         FileNotFoundError / ValueError: a folder is missing or not in the ImageFolder layout, or has fewer
             than ``k`` training images; checked now rather than at the first evaluation, an epoch later.
     """
-    num_train = len(scan_image_folder(train_dir).files)
-    scan_image_folder(val_dir)
-    check_knn_settings([k], temperature, num_train)
+    # Scanned once here: a missing folder fails now, and each evaluation reuses the listings.
+    listings = scan_image_folder(train_dir), scan_image_folder(val_dir)
+    check_knn_settings([k], temperature, len(listings[0].files))
 
     def hook(backbone: nn.Module) -> dict[str, float]:
         was_training = backbone.training
         extractor = FeatureExtractor(backbone, preprocess, name="teacher")
         try:
             sets = [
-                extract_folder(extractor, folder, model="teacher", batch_size=batch_size,
+                extract_folder(extractor, listing, model="teacher", batch_size=batch_size,
                                num_workers=num_workers, progress=False)
-                for folder in (train_dir, val_dir)
+                for listing in listings
             ]
         finally:
             backbone.train(was_training)

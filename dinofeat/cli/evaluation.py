@@ -84,10 +84,14 @@ def _require_dataset_args(args: argparse.Namespace) -> None:
 
 
 def _dataset_features(
-    args: argparse.Namespace, kind: str, make_fn: Callable[[FeatureExtractor], BatchFeatures] | None
+    args: argparse.Namespace,
+    kind: str,
+    make_fn: Callable[[FeatureExtractor], BatchFeatures] | None,
+    check_train_count: Callable[[int], None] | None = None,
 ) -> tuple[FeatureSet, FeatureSet] | None:
     """Train and val features: from ``--load-features DIR`` or extracted (then saved if asked).
-    None on torchrun ranks other than 0."""
+    None on torchrun ranks other than 0. Before any extraction the folders are scanned once, their
+    classes compared, and ``check_train_count`` given the number of train images."""
     wanted_model = model_id(args.model, args.random_init) if args.model else None
     if args.load_features:
         folder = Path(args.load_features)
@@ -97,13 +101,21 @@ def _dataset_features(
         )
     _require_dataset_args(args)
     assert wanted_model is not None
+    listings = scan_image_folder(args.train), scan_image_folder(args.val)
+    if listings[0].class_names != listings[1].class_names:
+        raise ValueError(
+            f"train and val have different class folders: {listings[0].class_names[:5]}... vs "
+            f"{listings[1].class_names[:5]}..."
+        )
+    if check_train_count is not None:
+        check_train_count(len(listings[0].files))
     init_from_env()
     extractor = load_model(args.model, args.random_init, args.device)
     feature_fn = make_fn(extractor) if make_fn else None
     sets = [
         extract_folder(
             extractor,
-            folder,
+            listing,
             model=wanted_model,
             feature_fn=feature_fn,
             kind=kind,
@@ -111,16 +123,11 @@ def _dataset_features(
             num_workers=args.workers,
             progress=not args.no_progress,
         )
-        for folder in (args.train, args.val)
+        for listing in listings
     ]
     train, val = sets
     if train is None or val is None:
         return None
-    if train.class_names != val.class_names:
-        raise ValueError(
-            f"train and val have different class folders: {train.class_names[:5]}... vs "
-            f"{val.class_names[:5]}..."
-        )
     if args.save_features:
         train.save(Path(args.save_features) / "train.safetensors")
         val.save(Path(args.save_features) / "val.safetensors")
@@ -140,12 +147,10 @@ def _dataset_args(parser: argparse.ArgumentParser) -> None:
 
 def run_knn(args: argparse.Namespace) -> int:
     # Refuse impossible settings before hours of feature extraction, not after.
-    num_train = None
-    if not args.load_features:
-        _require_dataset_args(args)
-        num_train = len(scan_image_folder(args.train).files)
-    check_knn_settings(args.k, args.temperature, num_train)
-    features = _dataset_features(args, "cls", None)
+    check_knn_settings(args.k, args.temperature)
+    features = _dataset_features(
+        args, "cls", None, lambda num_train: check_knn_settings(args.k, args.temperature, num_train)
+    )
     if features is None or rank_and_world()[0] != 0:
         return 0
     train, val = features

@@ -234,10 +234,13 @@ class FeatureSet:
         return loaded
 
 
-def extract_folder(extractor: FeatureExtractor, root: str | os.PathLike[str], *, model: str,
+def extract_folder(extractor: FeatureExtractor, root: str | os.PathLike[str] | LabeledFiles, *, model: str,
                    feature_fn: BatchFeatures | None = None, kind: str = "cls", batch_size: int = 64,
                    num_workers: int | None = None, progress: bool = True) -> FeatureSet | None:
     """Features of an ImageFolder-style directory as a :class:`FeatureSet` (None on ranks other than 0).
+
+    ``root`` may also be the folder's :func:`scan_image_folder` listing, so that a caller who scanned it
+    already (to check it, or to extract it repeatedly) does not walk the folder again.
 
     Example:
         >>> model = dinofeat.load("vit_s16")  # doctest: +SKIP
@@ -245,7 +248,7 @@ def extract_folder(extractor: FeatureExtractor, root: str | os.PathLike[str], *,
         >>> fs.features.shape  # doctest: +SKIP
         torch.Size([3925, 384])
     """
-    listing = scan_image_folder(root)
+    listing = root if isinstance(root, LabeledFiles) else scan_image_folder(root)
     features = extract_features(extractor, listing.files, feature_fn=feature_fn, batch_size=batch_size,
                                 num_workers=num_workers, progress=progress)
     if features is None:

@@ -56,11 +56,10 @@ def check_knn_settings(ks: Sequence[int], temperature: float, num_train: int | N
     """ValueError unless every k is in [1, num_train] (when known) and the temperature is positive."""
     if not ks:
         raise ValueError("ks is empty: give at least one k")
-    upper = num_train if num_train is not None else float("inf")
-    bad = [k for k in ks if not 1 <= int(k) <= upper]
+    bad = [k for k in ks if int(k) < 1 or (num_train is not None and int(k) > num_train)]
     if bad:
-        raise ValueError(f"every k must be between 1 and the number of train samples {num_train}, got {bad}"
-                         if num_train is not None else f"every k must be >= 1, got {bad}")
+        limit = ">= 1" if num_train is None else f"between 1 and the number of train samples {num_train}"
+        raise ValueError(f"every k must be {limit}, got {bad}")
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
 
