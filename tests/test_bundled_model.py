@@ -43,6 +43,13 @@ def test_bundled_folder_is_the_registry_entry():
     spec = get_spec(BUNDLED_MODEL)
     assert arch_from_dict(config["arch"]) == spec.arch
     assert config["metadata"]["trained_with"] == "dinofeat-train"
+    # The figures the zoo table shows are the ones the trainer's export wrote into the model card.
+    evaluation = config["metadata"]["evaluation"]
+    assert spec.extra["imagenette_knn20"] == (evaluation["imagenette_val_knn20_top1"],
+                                              evaluation["imagenette_val_knn20_top5"])
+    assert spec.extra["imagenette_knn20_random_init"] == (evaluation["random_init_knn20_top1"],
+                                                          evaluation["random_init_knn20_top5"])
+    assert f"{config['metadata']['epochs_done']} epochs" in spec.extra["training_time"]
     weights = BUNDLED_DIR / "model.safetensors"
     assert weights.stat().st_size < 12 * 2**20
     with safe_open(str(weights), "pt") as handle:
