@@ -58,9 +58,9 @@ def build_dataset(cfg: TrainConfig) -> ImageDataset:
 
 def _check_same_network(saved: dict[str, Any], current: dict[str, Any], origin: str) -> None:
     """A resumed run must build the network it saved; name every model/head setting that differs."""
-    changed = [f"{section}.{key}: {saved[section].get(key)!r} there, {value!r} now"
+    changed = [f"{section}.{key}: {saved_value!r} there, {value!r} now"
                for section in ("model", "head") for key, value in current[section].items()
-               if saved.get(section, {}).get(key) != value and key != "drop_path_rate"]
+               if (saved_value := saved.get(section, {}).get(key)) != value and key != "drop_path_rate"]
     if changed:
         raise ValueError(
             f"{origin} was written by a run with other network settings ({'; '.join(changed)}). Resume "
