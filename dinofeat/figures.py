@@ -1,8 +1,10 @@
-"""The paper-style attention figure: image, per-head heatmaps, their mean, mask contours over the image."""
+"""The paper-style attention figure: image, per-head heatmaps, their mean, mask contours over the image;
+one row per image."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +33,48 @@ def attention_figure(image: np.ndarray, attn: torch.Tensor, patch_size: int, thr
         >>> len(fig.axes)
         5
     """
+    return attention_grid([(image, attn)], patch_size, threshold)
+
+
+def attention_grid(
+    rows: Sequence[tuple[np.ndarray, torch.Tensor]], patch_size: int, threshold: float = 0.6
+) -> Any:
+    """:func:`attention_figure` for several images of one model: one row of panels per image.
+
+    Args:
+        rows: ``(image, attn)`` pairs as :func:`attention_figure` takes them, all with the same
+            number of heads.
+        patch_size: Pixels per patch.
+        threshold: Attention mass kept by the masks.
+
+    Example:
+        >>> pairs = [(np.zeros((32, 32, 3), np.uint8), torch.rand(2, 4, 4))] * 3
+        >>> len(attention_grid(pairs, 8).axes)
+        15
+    """
     from matplotlib.figure import Figure
 
-    if attn.ndim != 3:
-        raise ValueError(f"attention must be (heads, h, w), got {tuple(attn.shape)}")
+    if not rows:
+        raise ValueError("attention_grid needs at least one (image, attention) pair")
+    for _, attn in rows:
+        if attn.ndim != 3:
+            raise ValueError(f"attention must be (heads, h, w), got {tuple(attn.shape)}")
+    heads = rows[0][1].shape[0]
+    if any(attn.shape[0] != heads for _, attn in rows):
+        raise ValueError(f"every row needs the same number of heads, got {[a.shape[0] for _, a in rows]}")
+    panels = heads + 3
+    fig = Figure(figsize=(2.2 * panels, 2.4 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), panels, squeeze=False)
+    for row_axes, (image, attn) in zip(axes, rows, strict=True):
+        _draw_row(row_axes, image, attn, patch_size, threshold)
+    return fig
+
+
+def _draw_row(axes: Any, image: np.ndarray, attn: torch.Tensor, patch_size: int, threshold: float) -> None:
     heads, h, w = attn.shape
     maps = upsample_to_pixels(attn.float().cpu(), patch_size).numpy()
     masks = upsample_to_pixels(attention_masks(attn.float().cpu(), threshold), patch_size).numpy()
     picture = image[: h * patch_size, : w * patch_size]
-    panels = heads + 3
-    fig = Figure(figsize=(2.2 * panels, 2.4), layout="constrained")
-    axes = fig.subplots(1, panels)
     axes[0].imshow(picture)
     axes[0].set_title("image")
     for head in range(heads):
@@ -58,7 +91,6 @@ def attention_figure(image: np.ndarray, attn: torch.Tensor, patch_size: int, thr
     axes[heads + 2].set_title(f"{threshold:.0%} masks")
     for axis in axes:
         axis.set_axis_off()
-    return fig
 
 
 def save_figure(fig: Any, path: str | os.PathLike[str], dpi: int = 100) -> Path:

@@ -11,6 +11,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from dinofeat.cli import main
+from dinofeat.cli.features import MAX_ATTENTION_ROWS
 from dinofeat.config import arch_from_dict
 from dinofeat.feature_files import load_features
 from dinofeat.hub_format import HubConfig, save_pretrained
@@ -75,13 +76,28 @@ def test_embed_unknown_model_suggests(images, tmp_path, capsys):
     assert "vit_s16" in capsys.readouterr().err
 
 
-def test_attention_figure(tiny_dir, images, tmp_path):
+def test_attention_figure(tiny_dir, images, tmp_path, capsys):
     out = tmp_path / "attn.png"
     argv = ["attention", str(images / "0.png"), "--weights", str(tiny_dir), "-o", str(out),
             "--size", "32", "48", "--threshold", "0.6", "--device", "cpu"]
     assert main(argv) == 0
     with Image.open(out) as figure:
         assert figure.format == "PNG" and figure.width > figure.height > 100
+        one_row = figure.size
+    # A folder and a file: a row per image (the folder's 3, then the file), same width.
+    assert main([*argv[:1], str(images), *argv[1:]]) == 0
+    assert "of 4 image(s) (2 heads, 4x6 patches)" in capsys.readouterr().err
+    with Image.open(out) as figure:
+        assert figure.width == one_row[0] and figure.height > 3 * one_row[1]
+
+
+def test_attention_figure_refuses_too_many_images_before_loading(images, tmp_path, capsys):
+    for index in range(3, MAX_ATTENTION_ROWS + 1):
+        Image.new("RGB", (8, 8)).save(images / f"{index}.png")
+    argv = ["attention", str(images), "-m", str(tmp_path / "no_model"), "-o", str(tmp_path / "a.png")]
+    assert main(argv) == 2
+    assert f"at most {MAX_ATTENTION_ROWS} images, got {MAX_ATTENTION_ROWS + 1}" in capsys.readouterr().err
+    assert not (tmp_path / "a.png").exists()
 
 
 def test_embed_skip_unreadable_counts_names_and_leaves_them_out(tiny_dir, images, tmp_path, capsys):

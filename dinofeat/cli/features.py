@@ -14,13 +14,14 @@ from dinofeat.errors import ImageReadError
 from dinofeat.evaluation.features import drop_unreadable, extract_features
 from dinofeat.extractor import FeatureExtractor
 from dinofeat.feature_files import check_feature_path, save_features
-from dinofeat.figures import attention_figure, save_figure
+from dinofeat.figures import attention_grid, save_figure
 from dinofeat.inputs import list_image_files, open_image
 from dinofeat.loading import load
 from dinofeat.preprocess import Size, pil_geometry, to_normalized_tensor
 from dinofeat.registry import BUNDLED_MODEL, list_models
 
 DEFAULT_MODEL = BUNDLED_MODEL  # works offline: its weights ship in the package
+MAX_ATTENTION_ROWS = 32
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -46,8 +47,8 @@ def add_parsers(subparsers: Any) -> None:
     add_skip_unreadable_option(embed)
     embed.set_defaults(func=run_embed)
 
-    attention = subparsers.add_parser("attention", help="paper-style CLS attention figure of one image")
-    attention.add_argument("image")
+    attention = subparsers.add_parser("attention", help="paper-style CLS attention figure, a row per image")
+    attention.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     attention.add_argument("-o", "--output", required=True, help="figure file (.png, .pdf, .svg)")
     attention.add_argument("--size", type=int, nargs=2, default=[480, 480], metavar=("H", "W"))
     attention.add_argument("--threshold", type=float, default=0.6, help="attention mass kept by the masks")
@@ -110,14 +111,20 @@ def run_embed(args: argparse.Namespace) -> int:
 
 
 def run_attention(args: argparse.Namespace) -> int:
+    files = _image_files(args.paths)
+    if len(files) > MAX_ATTENTION_ROWS:  # a row per image: beyond this the figure is unreadable
+        raise ValueError(f"the attention figure takes at most {MAX_ATTENTION_ROWS} images, got {len(files)}")
     model = _load(args)
     size = (args.size[0], args.size[1])
-    picture = pil_geometry(model.preprocess, size)(open_image(args.image))
-    # The picture is already at its final size: give the network exactly those pixels.
-    attn = model.cls_attention(to_normalized_tensor(picture, model.preprocess).unsqueeze(0))[0]
+    rows = []
+    for file in files:
+        picture = pil_geometry(model.preprocess, size)(open_image(file))
+        # The picture is already at its final size: give the network exactly those pixels.
+        attn = model.cls_attention(to_normalized_tensor(picture, model.preprocess).unsqueeze(0))[0]
+        rows.append((np.asarray(picture), attn))
     assert model.patch_size is not None  # cls_attention has already refused a CNN
-    fig = attention_figure(np.asarray(picture), attn, model.patch_size, args.threshold)
-    out = save_figure(fig, args.output)
-    print(f"wrote attention figure ({attn.shape[0]} heads, {attn.shape[1]}x{attn.shape[2]} patches) to {out}",
+    out = save_figure(attention_grid(rows, model.patch_size, args.threshold), args.output)
+    heads, h, w = rows[0][1].shape
+    print(f"wrote attention figure of {len(rows)} image(s) ({heads} heads, {h}x{w} patches) to {out}",
           file=sys.stderr)
     return 0
