@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from dinofeat.config import PreprocessConfig
 from dinofeat.inputs import count_images, iter_batches
 from dinofeat.masks import upsample_to_pixels
-from dinofeat.models import Backbone, DinoResNet, DinoVisionTransformer, TokenOutput
+from dinofeat.models import Backbone, TokenOutput
 from dinofeat.preprocess import Size
 
 PROGRESS_MIN_BATCHES = 4
@@ -46,8 +46,9 @@ class FeatureExtractor(nn.Module):
 
     # ------------------------------------------------------------------ properties
     @property
-    def is_vit(self) -> bool:
-        return isinstance(self.backbone, DinoVisionTransformer)
+    def has_attention(self) -> bool:
+        """Whether the backbone has attention maps (ViTs yes, CNNs no)."""
+        return bool(self.backbone.has_attention)
 
     @property
     def embed_dim(self) -> int:
@@ -56,7 +57,7 @@ class FeatureExtractor(nn.Module):
     @property
     def patch_size(self) -> int | None:
         """Pixels per patch side (None for a CNN)."""
-        return self.backbone.config.patch_size if isinstance(self.backbone, DinoVisionTransformer) else None
+        return self.backbone.patch_size
 
     @property
     def device(self) -> torch.device:
@@ -82,20 +83,17 @@ class FeatureExtractor(nn.Module):
         for batch in bar:
             yield batch.to(self.device, self.dtype, non_blocking=True)
 
-    def _vit(self, what: str) -> DinoVisionTransformer:
-        if not isinstance(self.backbone, DinoVisionTransformer):
-            raise TypeError(
-                f"{what} needs a Vision Transformer; {self.name or 'this model'} is a CNN "
-                f"({type(self.backbone).__name__}) and has no attention (use embed or patch_tokens)"
-            )
-        return self.backbone
+    def _refuse(self, what: str, lacks: str) -> TypeError:
+        return TypeError(
+            f"{what} needs a Vision Transformer; {self.name or 'this model'} is a CNN "
+            f"({type(self.backbone).__name__}) and has no {lacks} (use embed or patch_tokens)"
+        )
 
     @torch.inference_mode()
     def _tokens(self, images: Any, size: Size | None, batch_size: int, progress: bool | None,
                 cls_attention: bool = False, blocks: Sequence[int] = ()) -> Iterator[TokenOutput]:
-        vit = self._vit("this method")
         for batch in self._batches(images, size, batch_size, progress):
-            yield vit.forward_tokens(batch, cls_attention=cls_attention, blocks=blocks)
+            yield self.backbone.forward_tokens(batch, cls_attention=cls_attention, blocks=blocks)
 
     # ------------------------------------------------------------------ public API
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -121,16 +119,8 @@ class FeatureExtractor(nn.Module):
 
         For a ResNet, the last stage's feature map in the same layout.
         """
-        outputs = []
-        for batch in self._batches(images, size, batch_size, progress):
-            if isinstance(self.backbone, DinoResNet):
-                grid = self.backbone.feature_map(batch).permute(0, 2, 3, 1)
-            else:
-                result = self.backbone.forward_tokens(batch)
-                h, w = result.grid
-                grid = result.patches.reshape(batch.shape[0], h, w, -1)
-            outputs.append(grid.float())
-        tokens = torch.cat(outputs)
+        tokens = torch.cat([out.patch_grid().float()
+                            for out in self._tokens(images, size, batch_size, progress)])
         return tokens.flatten(1, 2) if flatten else tokens
 
     def intermediate_layers(self, images: Any, n: int = 4, *, size: Size | None = None,
@@ -139,7 +129,9 @@ class FeatureExtractor(nn.Module):
 
         This is what the official linear evaluation concatenates (``get_intermediate_layers``).
         """
-        depth = len(self._vit("intermediate_layers").blocks)
+        depth = self.backbone.depth
+        if depth == 0:
+            raise self._refuse("intermediate_layers", "blocks")
         if not 1 <= n <= depth:
             raise ValueError(f"n must be between 1 and the depth {depth}, got {n}")
         blocks = range(depth - n, depth)
@@ -176,7 +168,8 @@ class FeatureExtractor(nn.Module):
             >>> model.cls_attention(torch.randn(1, 3, 32, 48), upsample=True).shape
             torch.Size([1, 2, 32, 48])
         """
-        vit = self._vit("cls_attention")
+        if not self.backbone.has_attention:
+            raise self._refuse("cls_attention", "attention")
         maps = []
         for out in self._tokens(images, size, batch_size, progress, cls_attention=True):
             assert out.cls_attention is not None
@@ -184,4 +177,6 @@ class FeatureExtractor(nn.Module):
             patch_part = out.cls_attention[:, :, out.num_prefix:]
             maps.append(patch_part.reshape(patch_part.shape[0], patch_part.shape[1], h, w).float())
         result = torch.cat(maps)
-        return upsample_to_pixels(result, vit.config.patch_size) if upsample else result
+        patch = self.backbone.patch_size
+        assert patch is not None  # every backbone with attention has patches
+        return upsample_to_pixels(result, patch) if upsample else result

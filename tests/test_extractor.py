@@ -167,3 +167,21 @@ def test_every_zoo_entry_builds_and_runs(name):
         attn = model.cls_attention(x)
         assert attn.shape == (1, heads, 2, 3)
         assert (attn.sum(dim=(2, 3)) <= 1 + 1e-5).all()
+
+
+def test_every_family_answers_the_token_interface():
+    from dinofeat.models import TokenBackbone
+
+    resnet = dinofeat.load("resnet50", pretrained=False, device="cpu")
+    vit = dinofeat.load("dinov2_vits14_reg", pretrained=False, device="cpu")
+    x = torch.randn(1, 3, 64, 96)
+    for model in (resnet, vit):
+        assert isinstance(model.backbone, TokenBackbone)
+    with torch.no_grad():
+        out = resnet.backbone.forward_tokens(x)
+        assert torch.equal(out.patch_grid(), resnet.backbone.feature_map(x).permute(0, 2, 3, 1))
+        assert torch.equal(out.cls, resnet.backbone(x))
+        assert out.registers.shape == (1, 0, 2048)
+        reg = vit.backbone.forward_tokens(torch.randn(1, 3, 56, 70))
+    assert reg.registers.shape == (1, 4, 384) and reg.grid == (4, 5)
+    assert torch.equal(reg.patch_grid().reshape(1, 20, 384), reg.patches)

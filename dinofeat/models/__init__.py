@@ -1,15 +1,30 @@
-"""Backbone builders: one :class:`~dinofeat.config.ArchConfig` in, one ``nn.Module`` out."""
+"""Backbone builders: one :class:`~dinofeat.config.ArchConfig` in, one ``nn.Module`` out.
+
+Each family lives in its own module and answers the token interface of
+:mod:`dinofeat.models.tokens`; :data:`BUILDERS` maps a config class to its module's class.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from dinofeat.config import ArchConfig, ResNetConfig, ViTConfig
 from dinofeat.models.resnet import DinoResNet
-from dinofeat.models.vit import DinoVisionTransformer, TokenOutput
+from dinofeat.models.tokens import TokenBackbone, TokenOutput
+from dinofeat.models.vit import DinoVisionTransformer
 
-__all__ = ["Backbone", "DinoResNet", "DinoVisionTransformer", "TokenOutput", "build_backbone"]
+__all__ = ["BUILDERS", "Backbone", "DinoResNet", "DinoVisionTransformer", "TokenBackbone", "TokenOutput",
+           "build_backbone"]
 
 #: What :func:`build_backbone` returns.
 Backbone = DinoVisionTransformer | DinoResNet
+
+#: Config class -> backbone class: the one place a new family is plugged in.
+BUILDERS: dict[type, Callable[[Any], Backbone]] = {
+    ViTConfig: DinoVisionTransformer,
+    ResNetConfig: DinoResNet,
+}
 
 
 def build_backbone(arch: ArchConfig) -> Backbone:
@@ -18,8 +33,7 @@ def build_backbone(arch: ArchConfig) -> Backbone:
     The trainer builds its student and teacher here, and :func:`dinofeat.load` builds the
     module it then fills with weights, so both halves share one definition.
     """
-    if isinstance(arch, ViTConfig):
-        return DinoVisionTransformer(arch)
-    if isinstance(arch, ResNetConfig):
-        return DinoResNet(arch)
-    raise TypeError(f"unsupported architecture config {type(arch).__name__}")
+    builder = BUILDERS.get(type(arch))
+    if builder is None:
+        raise TypeError(f"unsupported architecture config {type(arch).__name__}")
+    return builder(arch)

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from timm.models.resnet import Bottleneck, ResNet
 
 from dinofeat.config import ResNetConfig
+from dinofeat.models.tokens import TokenOutput, check_images
 
 
 class DinoResNet(ResNet):
     """ResNet-50 without classifier. ``forward(x)`` gives the 2048-d average-pooled feature.
 
+    In the token interface the pooled vector is the one prefix token and the last stage's
+    stride-32 map gives the patch tokens; a ResNet has no attention and no selectable blocks.
+
     Example:
         >>> DinoResNet(ResNetConfig())(torch.randn(1, 3, 64, 64)).shape
         torch.Size([1, 2048])
     """
+
+    has_attention = False
 
     def __init__(self, config: ResNetConfig) -> None:
         if config.depth != 50:
@@ -27,11 +35,31 @@ class DinoResNet(ResNet):
         )
         self.config = config
 
+    @property
+    def depth(self) -> int:
+        return 0
+
+    @property
+    def patch_size(self) -> None:
+        return None
+
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """Last stage's feature map (B, 2048, H/32, W/32)."""
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(x.shape)}")
+        check_images(x)
         return self.forward_features(x)
+
+    def forward_tokens(self, x: torch.Tensor, *, cls_attention: bool = False,
+                       blocks: Sequence[int] = ()) -> TokenOutput:
+        """Pooled vector, then the last stage's map row by row, as a :class:`TokenOutput`."""
+        if cls_attention:
+            raise TypeError("a ResNet has no attention (use embed or patch_tokens)")
+        if blocks:
+            raise ValueError("a ResNet has no transformer blocks to return")
+        fmap = self.feature_map(x)
+        pooled = self.forward_head(fmap)
+        patches = fmap.flatten(2).transpose(1, 2)
+        tokens = torch.cat([pooled.unsqueeze(1), patches], dim=1)
+        return TokenOutput(tokens, (fmap.shape[2], fmap.shape[3]), num_prefix=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.feature_map(x))

@@ -9,7 +9,6 @@ any intermediate blocks.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from functools import partial
 
 import torch
@@ -20,34 +19,7 @@ from torch import nn
 from dinofeat.config import ViTConfig
 from dinofeat.models.attention import block_with_cls_attention
 from dinofeat.models.pos_embed import interpolate_pos_embed
-
-
-@dataclass
-class TokenOutput:
-    """Everything one forward pass of a :class:`DinoVisionTransformer` produces.
-
-    Attributes:
-        tokens: (B, P + h*w, D) output of the last block through the final norm; P prefix
-            tokens (CLS, then registers), then the patch tokens row by row.
-        grid: Patch grid (h, w).
-        num_prefix: P.
-        cls_attention: (B, heads, P + h*w) softmax row of the CLS query in the last block, or None.
-        intermediates: Outputs of the requested blocks, each through the final norm, in block order.
-    """
-
-    tokens: torch.Tensor
-    grid: tuple[int, int]
-    num_prefix: int
-    cls_attention: torch.Tensor | None = None
-    intermediates: list[torch.Tensor] = field(default_factory=list)
-
-    @property
-    def cls(self) -> torch.Tensor:
-        return self.tokens[:, 0]
-
-    @property
-    def patches(self) -> torch.Tensor:
-        return self.tokens[:, self.num_prefix:]
+from dinofeat.models.tokens import TokenOutput, check_images, selected_blocks
 
 
 class DinoVisionTransformer(VisionTransformer):
@@ -62,6 +34,8 @@ class DinoVisionTransformer(VisionTransformer):
         >>> vit(torch.randn(1, 3, 40, 48)).shape
         torch.Size([1, 32])
     """
+
+    has_attention = True
 
     def __init__(self, config: ViTConfig) -> None:
         swiglu = config.mlp == "swiglu"
@@ -86,6 +60,14 @@ class DinoVisionTransformer(VisionTransformer):
         )
         self.config = config
 
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def patch_size(self) -> int:
+        return self.config.patch_size
+
     def _pos_embed_for(self, image_hw: tuple[int, int], grid_hw: tuple[int, int]) -> torch.Tensor:
         assert self.pos_embed is not None
         return interpolate_pos_embed(
@@ -99,8 +81,7 @@ class DinoVisionTransformer(VisionTransformer):
 
     def embed_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Patch embedding + prefix tokens + position embedding: the input of block 0."""
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(x.shape)}")
+        check_images(x)
         batch, _, height, width = x.shape
         patch = self.config.patch_size
         if height < patch or width < patch:
@@ -138,9 +119,7 @@ class DinoVisionTransformer(VisionTransformer):
                 the final norm, go into ``intermediates``.
         """
         depth = len(self.blocks)
-        wanted = sorted({b % depth for b in blocks})
-        if any(not -depth <= b < depth for b in blocks):
-            raise IndexError(f"block indices {list(blocks)} out of range for depth {depth}")
+        wanted = selected_blocks(blocks, depth)
         x, grid = self.embed_tokens(x)
         attention = None
         intermediates = []
@@ -152,7 +131,8 @@ class DinoVisionTransformer(VisionTransformer):
             if index in wanted:
                 intermediates.append(self.norm(x))
         tokens = intermediates[-1] if wanted and wanted[-1] == depth - 1 else self.norm(x)
-        return TokenOutput(tokens, grid, self.num_prefix_tokens, attention, intermediates)
+        return TokenOutput(tokens, grid, self.num_prefix_tokens, attention, intermediates,
+                           [grid] * len(intermediates))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """CLS token after the final norm, (B, D)."""
