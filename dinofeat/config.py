@@ -139,20 +139,23 @@ def _check_keys(cls: type, data: dict[str, Any], what: str) -> None:
         raise ValueError(f"{what} config lacks {missing} (required: {required})")
 
 
+#: ``family`` value -> config class: the one table a new backbone family is added to.
+ARCH_FAMILIES: dict[str, type[ArchConfig]] = {
+    "vit": ViTConfig,
+    "resnet": ResNetConfig,
+}
+
+
 def arch_from_dict(data: dict[str, Any]) -> ArchConfig:
-    """Build a :class:`ViTConfig` or :class:`ResNetConfig` from its ``to_dict()`` form.
+    """Build an architecture config (:data:`ARCH_FAMILIES`) from its ``to_dict()`` form.
 
     A dict without ``family`` is taken as ViT hyper-parameters, so that
     ``{"patch_size": 16, "embed_dim": 384, "depth": 12, "num_heads": 6}`` is enough.
     """
     family = data.get("family", "vit")
-    cls: type[ViTConfig] | type[ResNetConfig]
-    if family == "vit":
-        cls = ViTConfig
-    elif family == "resnet":
-        cls = ResNetConfig
-    else:
-        raise ValueError(f"unknown architecture family {family!r}; expected 'vit' or 'resnet'")
+    cls = ARCH_FAMILIES.get(family)
+    if cls is None:
+        raise ValueError(f"unknown architecture family {family!r}; expected one of {sorted(ARCH_FAMILIES)}")
     _check_keys(cls, data, "architecture")
     return cls(**data)
 
