@@ -30,6 +30,7 @@ from dinofeat.training.config import TrainConfig, check_config
 from dinofeat.training.data import EpochSampler, ImageDataset, collate_crops, read_file_list
 from dinofeat.training.head import official_head_keys_to_parametrized
 from dinofeat.training.metrics import MetricsWriter
+from dinofeat.training.rng import iteration_rng, loader_generator
 from dinofeat.training.step import DinoStep, Schedules, build_student_teacher
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -96,7 +97,8 @@ class Trainer:
         workers = cfg.data.num_workers
         self.loader = DataLoader(self.dataset, batch_size=cfg.optim.batch_size_per_gpu, sampler=self.sampler,
                                  num_workers=workers, pin_memory=self.dist.device.type == "cuda",
-                                 drop_last=True, collate_fn=collate_crops, persistent_workers=workers > 0)
+                                 drop_last=True, collate_fn=collate_crops, persistent_workers=workers > 0,
+                                 generator=loader_generator(cfg.run.seed))
         self.iters_per_epoch = len(self.loader)
         if cfg.run.max_iters_per_epoch is not None:
             self.iters_per_epoch = min(self.iters_per_epoch, cfg.run.max_iters_per_epoch)
@@ -214,7 +216,8 @@ class Trainer:
                 break
             data_time = time.perf_counter() - tick
             it = epoch * self.iters_per_epoch + index
-            result = self.step(crops, it, epoch)
+            with iteration_rng(self.cfg.run.seed, it, self.dist.rank, self.dist.device):
+                result = self.step(crops, it, epoch)
             elapsed = time.perf_counter() - tick
             losses.append(result["loss"])
             skipped += n_skipped
