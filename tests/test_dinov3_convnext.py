@@ -8,6 +8,7 @@ import re
 
 import pytest
 import torch
+from convnext_layouts import TINY, official_to_timm, official_to_transformers
 from safetensors.torch import load_file, save_file
 
 import dinofeat
@@ -20,7 +21,6 @@ from dinofeat.registry import list_models
 from tests.conftest import shared_path
 
 TOL = 1e-5
-TINY = {"family": "dinov3_convnext", "depths": [1, 1, 1, 1], "dims": [8, 16, 24, 32]}
 CONVNEXTS = [spec for spec in list_models() if isinstance(spec.arch, DinoV3ConvNeXtConfig)]
 
 
@@ -69,7 +69,7 @@ def test_token_output_grids_and_stage_selection(golden):
 def test_timm_layout_loads_to_the_same_outputs_and_is_timms(golden, tmp_path):
     model, inputs, _, folder = golden
     official = torch.load(folder / "v3_convnext.pth", weights_only=True)
-    timm_state = _official_to_timm_by_hand(official)
+    timm_state = official_to_timm(official)
     from timm.models.convnext import ConvNeXt
 
     reference = ConvNeXt(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), num_classes=0).eval()
@@ -91,7 +91,7 @@ def test_transformers_folder_loads_to_the_same_outputs(golden, tmp_path):
     config = transformers.DINOv3ConvNextConfig(depths=[1, 1, 2, 1], hidden_sizes=[16, 32, 48, 64])
     hf = transformers.DINOv3ConvNextModel(config).eval()
     hf.load_state_dict({f"model.{k}" if k.startswith("stages.") else k: v
-                        for k, v in _official_to_transformers_by_hand(official).items()}, strict=True)
+                        for k, v in official_to_transformers(official).items()}, strict=True)
     hf.save_pretrained(tmp_path)
     loaded = dinofeat.load(tmp_path, device="cpu")
     x = inputs["224x320"]
@@ -106,8 +106,8 @@ def test_layouts_convert_by_key_name_and_hf_config_is_read():
     state.update({f"norms.3.{name}": state[f"norm.{name}"] for name in ("weight", "bias")})  # one module
     assert to_official(state).keys() == state.keys()
     prefixed = {f"model.{k}" if k.startswith("stages.") else k: v
-                for k, v in _official_to_transformers_by_hand(state).items()}
-    for layout in (_official_to_timm_by_hand(state), _official_to_transformers_by_hand(state), prefixed):
+                for k, v in official_to_transformers(state).items()}
+    for layout in (official_to_timm(state), official_to_transformers(state), prefixed):
         converted = to_official(layout)
         assert converted.keys() == state.keys()
         assert all(torch.equal(converted[k], state[k]) for k in state)
@@ -188,33 +188,3 @@ def test_no_attention_small_images_and_bad_blocks_are_clear_errors():
         model.backbone.forward_tokens(torch.randn(1, 3, 64, 64), blocks=[4])
     with pytest.raises(ValueError, match="between 1 and the depth 4"):
         model.intermediate_layers(torch.randn(1, 3, 64, 64), 5)
-
-
-def _official_to_timm_by_hand(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The timm key names, written out independently of dinofeat.convert_convnext."""
-    out = {}
-    for key, value in state.items():
-        if key.startswith("norms."):
-            continue
-        key = re.sub(r"^downsample_layers\.0\.", "stem.", key)
-        key = re.sub(r"^downsample_layers\.(\d)\.", r"stages.\1.downsample.", key)
-        key = re.sub(r"^stages\.(\d)\.(\d+)\.", r"stages.\1.blocks.\2.", key)
-        for official, timm_name in ((".dwconv.", ".conv_dw."), (".pwconv", ".mlp.fc")):
-            key = key.replace(official, timm_name)
-        out[re.sub(r"^norm\.", "head.norm.", key)] = value
-    return out
-
-
-def _official_to_transformers_by_hand(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The HF DINOv3ConvNextModel names as its hub files store them (no ``model.`` prefix)."""
-    names = {"dwconv": "depthwise_conv", "norm": "layer_norm", "pwconv1": "pointwise_conv1",
-             "pwconv2": "pointwise_conv2"}
-    out = {}
-    for key, value in state.items():
-        if key.startswith("norms."):
-            continue
-        key = re.sub(r"^downsample_layers\.(\d)\.", r"stages.\1.downsample_layers.", key)
-        key = re.sub(r"^stages\.(\d)\.(\d+)\.(\w+)",
-                     lambda m: f"stages.{m[1]}.layers.{m[2]}.{names.get(m[3], m[3])}", key)
-        out[re.sub(r"^norm\.", "layer_norm.", key)] = value
-    return out
