@@ -15,8 +15,9 @@ import dinofeat
 from dinofeat.config import DinoV3ConvNeXtConfig, arch_from_dict
 from dinofeat.convert_convnext import config_from_transformers, to_official
 from dinofeat.errors import WeightsMismatchError
+from dinofeat.evaluation.linear import linear_probe_features
 from dinofeat.hub_format import HubConfig, save_pretrained
-from dinofeat.models import DinoResNet, build_backbone
+from dinofeat.models import DinoResNet, TokenBackbone, build_backbone
 from dinofeat.registry import list_models
 from tests.conftest import shared_path
 
@@ -173,6 +174,13 @@ def test_config_is_checked_and_round_trips(tmp_path):
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         assert torch.equal(dinofeat.load(tmp_path, device="cpu").embed(x), backbone.eval()(x))
+
+
+def test_stage_list_feeds_the_linear_probe_features():
+    model = dinofeat.load(TINY, device="cpu")
+    assert isinstance(model.backbone, TokenBackbone)
+    features = linear_probe_features(model, 2, avgpool=True)(torch.randn(3, 3, 64, 64))
+    assert features.shape == (3, 24 + 32 + 32)  # the pooled vectors of stages 2 and 3, then the mean patch
 
 
 def test_no_attention_small_images_and_bad_blocks_are_clear_errors():
