@@ -141,6 +141,9 @@ def test_other_families_weights_are_named_mismatches(tmp_path, golden):
     torch.save({key: torch.zeros(1) for key in resnet_keys}, tmp_path / "resnet.pth")
     with pytest.raises(WeightsMismatchError, match=r"unexpected keys: .*bn1"):
         dinofeat.load(tmp_path / "resnet.pth", arch=TINY, device="cpu")
+    vit = {"patch_size": 16, "embed_dim": 64, "depth": 2, "num_heads": 2}
+    with pytest.raises(WeightsMismatchError, match=r"missing keys: blocks.*unexpected keys: downsample"):
+        dinofeat.load(folder / "v3_convnext.pth", arch=vit, device="cpu")  # and the reverse
 
 
 @pytest.mark.parametrize("spec", [pytest.param(s, marks=pytest.mark.slow) if s.params_millions > 60 else s
