@@ -69,8 +69,8 @@ def backbone_from_checkpoint(obj: Mapping[str, Any], checkpoint_key: str = "teac
         for prefix in _WRAPPER_PREFIXES:
             if key.startswith(prefix):
                 key = key[len(prefix):]
-        if key.startswith("head."):
-            continue  # the DINO projection head is not part of the backbone
+        if key.startswith("head.") and not key.startswith("head.norm."):
+            continue  # the DINO projection head is not part of the backbone (timm's ConvNeXt norm is)
         out[key] = value
     return out
 

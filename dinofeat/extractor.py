@@ -124,10 +124,14 @@ class FeatureExtractor(nn.Module):
         return tokens.flatten(1, 2) if flatten else tokens
 
     def intermediate_layers(self, images: Any, n: int = 4, *, size: Size | None = None,
-                            batch_size: int = 64, progress: bool | None = None) -> torch.Tensor:
+                            batch_size: int = 64, progress: bool | None = None
+                            ) -> torch.Tensor | list[torch.Tensor]:
         """Outputs of the last ``n`` blocks, each through the final norm: (n, N, tokens, D).
 
         This is what the official linear evaluation concatenates (``get_intermediate_layers``).
+        A ConvNeXt's "blocks" are its four stages, whose widths and strides differ: it returns a
+        list of ``n`` tensors (N, 1 + h_s*w_s, C_s), the stage's pooled vector first, and only the
+        last stage normed, as the official ``get_intermediate_layers`` gives them.
         """
         depth = self.backbone.depth
         if depth == 0:
@@ -135,9 +139,12 @@ class FeatureExtractor(nn.Module):
         if not 1 <= n <= depth:
             raise ValueError(f"n must be between 1 and the depth {depth}, got {n}")
         blocks = range(depth - n, depth)
-        parts = [torch.stack(out.intermediates).float()
-                 for out in self._tokens(images, size, batch_size, progress, blocks=blocks)]
-        return torch.cat(parts, dim=1)
+        outputs = [out.intermediates
+                   for out in self._tokens(images, size, batch_size, progress, blocks=blocks)]
+        layers = [torch.cat([batch[i] for batch in outputs]).float() for i in range(n)]
+        if len({layer.shape[1:] for layer in layers}) > 1:
+            return layers
+        return torch.stack(layers)
 
     def cls_attention(self, images: Any, *, size: Size | None = None, upsample: bool = False,
                       batch_size: int = 64, progress: bool | None = None) -> torch.Tensor:

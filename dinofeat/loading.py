@@ -14,8 +14,16 @@ from typing import Any
 
 import torch
 
-from dinofeat import convert
-from dinofeat.config import ArchConfig, ModelSpec, PreprocessConfig, ResNetConfig, ViTConfig, arch_from_dict
+from dinofeat import convert, convert_convnext
+from dinofeat.config import (
+    ArchConfig,
+    DinoV3ConvNeXtConfig,
+    ModelSpec,
+    PreprocessConfig,
+    ResNetConfig,
+    ViTConfig,
+    arch_from_dict,
+)
 from dinofeat.devices import auto_device, require_device
 from dinofeat.download import hf_file, package_folder, url_file
 from dinofeat.extractor import FeatureExtractor
@@ -35,10 +43,11 @@ Source = str | os.PathLike[str] | ArchConfig | dict[str, Any]
 ArchLike = ArchConfig | dict[str, Any] | str
 
 HF_HUB_PREFIX = "hf-hub:"
+_ARCH_CONFIGS = (ViTConfig, ResNetConfig, DinoV3ConvNeXtConfig)
 
 
 def _as_arch(arch: ArchLike) -> ArchConfig:
-    if isinstance(arch, (ViTConfig, ResNetConfig)):
+    if isinstance(arch, _ARCH_CONFIGS):
         return arch
     if isinstance(arch, str):
         return get_spec(arch).arch
@@ -59,6 +68,8 @@ def _to_backbone_keys(state: dict[str, torch.Tensor], arch: ArchConfig) -> dict[
     """Official / timm key layouts -> the backbone's (a no-op for files already in timm layout)."""
     if isinstance(arch, ViTConfig):
         return convert.dinov2_official_to_timm(state, arch)
+    if isinstance(arch, DinoV3ConvNeXtConfig):
+        return convert_convnext.to_official(state)
     return convert.resnet_official_to_timm(state)
 
 
@@ -89,6 +100,9 @@ def _from_folder_files(config: dict[str, Any], weights: Path, origin: str
     if is_dinofeat_config(config):
         hub_config = HubConfig.from_dict(config, origin=f"{origin}/{CONFIG_FILE}")
         return _build_strict(hub_config.arch, state, origin), hub_config.preprocess, hub_config.name
+    if config.get("model_type") == "dinov3_convnext":
+        convnext = convert_convnext.config_from_transformers(config)
+        return _build_strict(convnext, convert_convnext.to_official(state), origin), PreprocessConfig(), None
     if "model_type" in config:
         arch = convert.vit_config_from_transformers(config, state)
         timm_state = convert.transformers_to_timm(state, arch)
@@ -187,7 +201,7 @@ def load(
         >>> model.embed_dim
         384
     """
-    if isinstance(source, (ViTConfig, ResNetConfig, dict)):
+    if isinstance(source, (*_ARCH_CONFIGS, dict)):
         if arch is not None:
             raise ValueError(
                 "pass weights as `source` and the architecture as `arch`, not both as architectures")

@@ -15,7 +15,14 @@ from __future__ import annotations
 
 import difflib
 
-from dinofeat.config import HubSource, ModelSpec, PreprocessConfig, ResNetConfig, ViTConfig
+from dinofeat.config import (
+    DinoV3ConvNeXtConfig,
+    HubSource,
+    ModelSpec,
+    PreprocessConfig,
+    ResNetConfig,
+    ViTConfig,
+)
 
 _DINO_URL = "https://dl.fbaipublicfiles.com/dino"
 _DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2"
@@ -103,6 +110,36 @@ _ENTRIES: list[ModelSpec] = [
     _dinov2("base", 768, 12, 12, True, 82.0, 84.6, 86),
     _dinov2("large", 1024, 24, 16, True, 83.8, 86.7, 300),
     _dinov2("giant", 1536, 40, 24, True, 83.7, 87.1, 1100),
+]
+
+
+def _dinov3_convnext(size: str, depths: tuple[int, ...], dims: tuple[int, ...], weights_hash: str,
+                     params: float) -> ModelSpec:
+    """A DINOv3 ConvNeXt (LVD-1689M, distilled from the ViT-7B): timm's Hub copy, the official file's URL."""
+    stem = f"dinov3_convnext_{size}"
+    return ModelSpec(
+        name=stem,
+        arch=DinoV3ConvNeXtConfig(depths=depths, dims=dims),
+        source=HubSource(
+            repo_id=f"timm/convnext_{size}.dinov3_lvd1689m",
+            # Gated: Meta e-mails signed links to this file (load it with arch=<this name>).
+            url=f"https://dl.fbaipublicfiles.com/dinov3/{stem}/{stem}_pretrain_lvd1689m-{weights_hash}.pth",
+        ),
+        description=f"DINOv3 ConvNeXt-{size.capitalize()}, distilled from ViT-7B, LVD-1689M",
+        # The official classification evaluation transform (resize 256, centre crop 224, ImageNet mean/std).
+        preprocess=PreprocessConfig(),
+        license="dinov3-license",
+        paper="arXiv:2508.10104",
+        params_millions=params,
+        extra={"transformers_repo": f"facebook/dinov3-convnext-{size}-pretrain-lvd1689m"},
+    )
+
+
+_ENTRIES += [
+    _dinov3_convnext("tiny", (3, 3, 9, 3), (96, 192, 384, 768), "21b726bb", 27.8),
+    _dinov3_convnext("small", (3, 3, 27, 3), (96, 192, 384, 768), "296db49d", 49.5),
+    _dinov3_convnext("base", (3, 3, 27, 3), (128, 256, 512, 1024), "801f2ba9", 87.6),
+    _dinov3_convnext("large", (3, 3, 27, 3), (192, 384, 768, 1536), "61fa432d", 196.2),
 ]
 
 #: dinofeat's own model, trained by ``dinofeat-train`` and shipped inside the wheel (no network needed).

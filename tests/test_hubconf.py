@@ -13,6 +13,7 @@ from dinofeat.hub_entrypoints import ENTRYPOINTS
 OFFICIAL = ["dino_vits16", "dino_vits8", "dino_vitb16", "dino_vitb8", "dino_resnet50", "dinov2_vits14",
             "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14", "dinov2_vits14_reg", "dinov2_vitb14_reg",
             "dinov2_vitl14_reg", "dinov2_vitg14_reg"]
+OFFICIAL += ["dinov3_convnext_tiny", "dinov3_convnext_small", "dinov3_convnext_base", "dinov3_convnext_large"]
 ALL = [*OFFICIAL, "vit_t16_d4_imagenette"]  # plus dinofeat's own bundled model, under its zoo name
 
 

@@ -28,7 +28,8 @@ class TokenOutput:
             every key, or None.
         intermediates: Outputs of the requested blocks (or CNN stages), each in the layout of
             ``tokens`` and through the final norm(s) as the official ``get_intermediate_layers``
-            gives them, in block order.
+            gives them, in block order. CNN stages keep their own width and stride (a DINOv3
+            ConvNeXt: the stage's pooled vector first, only the last stage normed).
         intermediate_grids: The patch grid of each entry of ``intermediates`` (CNN stages differ).
     """
 
