@@ -20,13 +20,15 @@ GOLDEN_ARCH = {"patch_size": 16, "embed_dim": 192, "depth": 2, "num_heads": 3}
 def eval_golden() -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
     """(tensors, JSON settings and results, folder) of the evaluation goldens, or a skip."""
     folder = shared_path("golden", "eval")
-    return _load(str(folder)) + (folder,)
+    return (*_load(str(folder)), folder)
 
 
 @lru_cache(maxsize=1)
 def _load(folder: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    return (load_file(str(Path(folder) / "eval_golden.safetensors")),
-            json.loads((Path(folder) / "eval_golden.json").read_text()))
+    return (
+        load_file(str(Path(folder) / "eval_golden.safetensors")),
+        json.loads((Path(folder) / "eval_golden.json").read_text()),
+    )
 
 
 def golden_model() -> FeatureExtractor:

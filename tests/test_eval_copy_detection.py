@@ -54,9 +54,12 @@ def test_trapezoidal_ap_by_hand():
 def test_copydays_layout_positives(tmp_path):
     from PIL import Image
 
-    for folder, names in (("original", ["200000.jpg", "200100.jpg"]), ("strong", ["200001.jpg", "200002.jpg",
-                                                                                  "200101.jpg"]),
-                          ("jpegqual/50", ["200000.jpg", "200100.jpg"]), ("crops/10", ["200000.jpg"])):
+    for folder, names in (
+        ("original", ["200000.jpg", "200100.jpg"]),
+        ("strong", ["200001.jpg", "200002.jpg", "200101.jpg"]),
+        ("jpegqual/50", ["200000.jpg", "200100.jpg"]),
+        ("crops/10", ["200000.jpg"]),
+    ):
         (tmp_path / folder).mkdir(parents=True)
         for name in names:
             Image.new("RGB", (8, 8)).save(tmp_path / folder / name)

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from dinofeat.evaluation.retrieval import check_gnd, compute_map, multiscale_embed, retrieval_ranks, revisited_map
+from dinofeat.evaluation.retrieval import (
+    check_gnd,
+    compute_map,
+    multiscale_embed,
+    retrieval_ranks,
+    revisited_map,
+)
 from tests.eval_golden import eval_golden, golden_model
 
 
@@ -27,7 +33,7 @@ def test_ranks_and_metrics_match_the_official_compute_map():
 def test_junk_ranked_before_a_positive_is_taken_out():
     # Query 0: database order 0 (junk), 1 (positive), 2 (other), 3 (positive).
     ranks = np.array([[0], [1], [2], [3]])
-    mean_ap, aps, mpr, _ = compute_map(ranks, [[1, 3]], [[0]], ks=(1, 2))
+    mean_ap, _, mpr, _ = compute_map(ranks, [[1, 3]], [[0]], ks=(1, 2))
     # Without junk the positives sit at 0 and 2: AP = (1 + 1)/2 * 1/2 + (1/2 + 2/3)/2 * 1/2.
     assert mean_ap == pytest.approx(0.5 + (0.5 + 2 / 3) / 4)
     assert mpr.tolist() == [1.0, 0.5]
@@ -41,7 +47,7 @@ def test_a_query_without_positives_is_left_out_of_the_mean():
 
 def test_a_gnd_that_does_not_fit_the_database_is_refused_naming_the_file():
     gnd = [{"easy": [0], "hard": [7], "junk": []}]
-    with pytest.raises(ValueError, match="gnd_x.pkl.*index 7.*5 images"):
+    with pytest.raises(ValueError, match=r"gnd_x.pkl.*index 7.*5 images"):
         check_gnd(gnd, num_db=5, num_queries=1, source="gnd_x.pkl")
     with pytest.raises(ValueError, match="2 query images"):
         check_gnd(gnd, num_db=10, num_queries=2, source="gnd_x.pkl")

@@ -34,7 +34,9 @@ def test_propagated_label_maps_equal_the_official_ones():
     frames = sorted((folder / "video" / "frames").glob("*.jpg"))
     labels = propagate(golden_model(), frames, folder / "video" / "first_annotation.png")
     assert torch.equal(labels, tensors["video.propagated_labels"])
-    official = np.stack([np.array(Image.open(p)) for p in sorted((folder / "video/official/frames").glob("*.png"))])
+    official = np.stack(
+        [np.array(Image.open(p)) for p in sorted((folder / "video/official/frames").glob("*.png"))]
+    )
     assert np.array_equal(labels.numpy(), official)
 
 
@@ -101,5 +103,5 @@ def test_pair_and_sequence_metrics_match_the_davis_toolkit():
 def test_a_prediction_with_an_unknown_object_is_refused():
     gt = np.zeros((3, 4, 4), dtype=np.int64)
     gt[:, 0, 0] = 1
-    with pytest.raises(ValueError, match="label 2.*1 objects"):
+    with pytest.raises(ValueError, match=r"label 2.*1 objects"):
         davis_j_and_f(gt * 2, gt)

@@ -29,8 +29,11 @@ from dinofeat.inputs import iter_batches
 from dinofeat.preprocess import pil_geometry, to_normalized_tensor
 
 DEFAULT_TOP = 20
-COPYDAYS_BLOCKS = (["original", "strong"] + [f"jpegqual/{q}" for q in (3, 5, 8, 10, 15, 20, 30, 50, 75)]
-                   + [f"crops/{c}" for c in (10, 15, 20, 30, 40, 50, 60, 70, 80)])
+COPYDAYS_BLOCKS = (
+    ["original", "strong"]
+    + [f"jpegqual/{q}" for q in (3, 5, 8, 10, 15, 20, 30, 50, 75)]
+    + [f"crops/{c}" for c in (10, 15, 20, 30, 40, 50, 60, 70, 80)]
+)
 #: What the paper's table reports.
 MAIN_BLOCK = "strong"
 
@@ -40,8 +43,10 @@ MAIN_BLOCK = "strong"
 def descriptors(model: FeatureExtractor, images: Any, batch_size: int = 16) -> torch.Tensor:
     """CLS ⊕ GeM(p=4) descriptors (N, 2D), not normalised, of any input ``model.embed`` accepts
     (a float tensor (N, 3, H, W) is taken as preprocessed)."""
-    rows = [cls_gem(model, batch.to(model.device, model.dtype))
-            for batch in iter_batches(images, model.preprocess, None, batch_size)]
+    rows = [
+        cls_gem(model, batch.to(model.device, model.dtype))
+        for batch in iter_batches(images, model.preprocess, None, batch_size)
+    ]
     return torch.cat(rows).float().cpu()
 
 
@@ -67,9 +72,10 @@ class Whitening:
     projection: torch.Tensor
 
     @classmethod
-    def fit(cls, features: torch.Tensor | np.ndarray, dim: int | None = None, power: float = 0.5
-            ) -> Whitening:
-        """Learn the whitening of (n, D) descriptors, keeping the ``dim`` strongest components (all by default)."""
+    def fit(
+        cls, features: torch.Tensor | np.ndarray, dim: int | None = None, power: float = 0.5
+    ) -> Whitening:
+        """Learn the whitening of (n, D) descriptors, keeping the ``dim`` strongest components (all)."""
         feats = torch.as_tensor(np.asarray(features)).float()
         if feats.ndim != 2 or feats.shape[0] < 2:
             raise ValueError(f"whitening needs a (n >= 2, D) feature matrix, got {tuple(feats.shape)}")
@@ -98,17 +104,22 @@ def trapezoidal_ap(ranks: Sequence[int], num_positives: int) -> float:
     return ap
 
 
-def copy_detection_search(queries: torch.Tensor, database: torch.Tensor, top: int = DEFAULT_TOP
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
+def copy_detection_search(
+    queries: torch.Tensor, database: torch.Tensor, top: int = DEFAULT_TOP
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(similarities, indices), each (num_queries, top), of the L2-normalised descriptors (faiss, exact)."""
     normalise = torch.nn.functional.normalize
-    found = search(build_index(normalise(database.float(), dim=1)), normalise(queries.float(), dim=1),
-                   min(top, database.shape[0]))
+    found = search(
+        build_index(normalise(database.float(), dim=1)),
+        normalise(queries.float(), dim=1),
+        min(top, database.shape[0]),
+    )
     return found.similarities, found.indices
 
 
-def copy_detection_map(queries: torch.Tensor, database: torch.Tensor, positives: Sequence[Sequence[int]],
-                       top: int = DEFAULT_TOP) -> tuple[float, list[float]]:
+def copy_detection_map(
+    queries: torch.Tensor, database: torch.Tensor, positives: Sequence[Sequence[int]], top: int = DEFAULT_TOP
+) -> tuple[float, list[float]]:
     """mAP of copy detection: per query, the trapezoidal AP of its positives among its ``top`` results.
 
     Args:
@@ -160,12 +171,15 @@ def copydays_blocks(root: str | os.PathLike[str]) -> tuple[list[Path], list[Copy
             positives = [[i for i, o in enumerate(originals) if o.name[:4] == q.name[:4]] for q in files]
             orphan = next((q for q, p in zip(files, positives, strict=True) if not p), None)
             if orphan is not None:
-                raise ValueError(f"{orphan}: no original shares its first four characters "
-                                 f"({orphan.name[:4]!r}) in {base / 'original'}")
+                raise ValueError(
+                    f"{orphan}: no original shares its first four characters "
+                    f"({orphan.name[:4]!r}) in {base / 'original'}"
+                )
         else:
             if len(files) != len(originals):
-                raise ValueError(f"{base / name} holds {len(files)} images, expected one per original "
-                                 f"({len(originals)})")
+                raise ValueError(
+                    f"{base / name} holds {len(files)} images, expected one per original ({len(originals)})"
+                )
             positives = [[i] for i in range(len(files))]
         blocks.append(CopydaysBlock(name, files, positives))
     return originals, blocks

@@ -24,8 +24,9 @@ BOUNDARY_THRESHOLD = 0.008
 VOID_LABEL = 255
 
 
-def region_similarity(ground_truth: np.ndarray, prediction: np.ndarray, void: np.ndarray | None = None
-                      ) -> float:
+def region_similarity(
+    ground_truth: np.ndarray, prediction: np.ndarray, void: np.ndarray | None = None
+) -> float:
     """J of two binary masks (toolkit ``db_eval_iou``)."""
     gt, pred = ground_truth.astype(bool), prediction.astype(bool)
     keep = ~void.astype(bool) if void is not None else np.ones_like(gt)
@@ -46,19 +47,23 @@ def boundary_map(mask: np.ndarray) -> np.ndarray:
     boundary[-1, :] = seg[-1, :] ^ east[-1, :]
     boundary[:, -1] = seg[:, -1] ^ south[:, -1]
     boundary[-1, -1] = False
-    return boundary
+    return np.asarray(boundary, dtype=bool)
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     """Binary dilation by a disk (``x^2 + y^2 <= r^2``), nothing outside the image."""
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    disk = ((offsets[:, None] ** 2 + offsets[None, :] ** 2) <= radius ** 2).float()
+    disk = ((offsets[:, None] ** 2 + offsets[None, :] ** 2) <= radius**2).float()
     image = torch.from_numpy(mask.astype(np.float32))[None, None]  # sums of <= 4r^2 ones: exact
     return (F.conv2d(image, disk[None, None], padding=radius)[0, 0] > 0.5).numpy()
 
 
-def boundary_f_measure(ground_truth: np.ndarray, prediction: np.ndarray, void: np.ndarray | None = None,
-                       bound_th: float = BOUNDARY_THRESHOLD) -> float:
+def boundary_f_measure(
+    ground_truth: np.ndarray,
+    prediction: np.ndarray,
+    void: np.ndarray | None = None,
+    bound_th: float = BOUNDARY_THRESHOLD,
+) -> float:
     """F of two binary masks (toolkit ``f_measure``)."""
     keep = ~void.astype(bool) if void is not None else np.ones(ground_truth.shape, dtype=bool)
     radius = int(bound_th if bound_th >= 1 else math.ceil(bound_th * math.hypot(*ground_truth.shape)))
@@ -99,15 +104,21 @@ def davis_j_and_f(predicted: Any, ground_truth: Any) -> dict[str, Any]:
     num_objects = int(gt[0].max())
     predicted_max = int(pred.max())
     if predicted_max > num_objects:
-        raise ValueError(f"the prediction has label {predicted_max}, but the first ground-truth frame has "
-                         f"{num_objects} objects")
+        raise ValueError(
+            f"the prediction has label {predicted_max}, but the first ground-truth frame has "
+            f"{num_objects} objects"
+        )
     per_object: dict[str, dict[str, Any]] = {}
     for label in range(1, num_objects + 1):
         frames = range(1, gt.shape[0] - 1)
         js = [region_similarity(gt[t] == label, pred[t] == label, void[t]) for t in frames]
         fs = [boundary_f_measure(gt[t] == label, pred[t] == label, void[t]) for t in frames]
-        per_object[str(label)] = {"J_per_frame": js, "F_per_frame": fs,
-                                  "J_mean": float(np.mean(js)), "F_mean": float(np.mean(fs))}
+        per_object[str(label)] = {
+            "J_per_frame": js,
+            "F_per_frame": fs,
+            "J_mean": float(np.mean(js)),
+            "F_mean": float(np.mean(fs)),
+        }
     if not per_object:
         raise ValueError("the first ground-truth frame has no object (only label 0)")
     j_mean = float(np.mean([o["J_mean"] for o in per_object.values()]))

@@ -46,8 +46,9 @@ def _shard_path(path: Path, rank: int, world: int) -> Path:
     return path.with_name(f".{path.name}.rank{rank}-of-{world}.npy")
 
 
-def stream_features(extractor: Any, files: Sequence[Path], path: str | os.PathLike[str],
-                    **extraction: Any) -> Path | None:
+def stream_features(
+    extractor: Any, files: Sequence[Path], path: str | os.PathLike[str], **extraction: Any
+) -> Path | None:
     """Extract the features of ``files`` into the ``.npy`` file ``path`` without holding them in memory.
 
     Args:
@@ -70,8 +71,10 @@ def stream_features(extractor: Any, files: Sequence[Path], path: str | os.PathLi
     try:
         for batch in feature_batches(extractor, files, **extraction):
             if array is None:
-                array = open_memmap(shard_file, mode="w+", dtype=np.float32, shape=(shard_rows, batch.shape[1]))
-            array[row:row + batch.shape[0]] = batch.numpy()
+                array = open_memmap(
+                    shard_file, mode="w+", dtype=np.float32, shape=(shard_rows, batch.shape[1])
+                )
+            array[row : row + batch.shape[0]] = batch.numpy()
             row += batch.shape[0]
         assert array is not None and row == shard_rows
         array.flush()
@@ -102,14 +105,20 @@ def _interleave(shards: list[Path], output: Path, total: int) -> None:
     merged = open_memmap(output, mode="w+", dtype=np.float32, shape=(total, parts[0].shape[1]))
     for rank, part in enumerate(parts):
         for start in range(0, part.shape[0], MERGE_CHUNK_ROWS):
-            rows = part[start:start + MERGE_CHUNK_ROWS]
+            rows = part[start : start + MERGE_CHUNK_ROWS]
             first = rank + start * world
-            merged[first:first + rows.shape[0] * world:world] = rows
+            merged[first : first + rows.shape[0] * world : world] = rows
     merged.flush()
 
 
-def cached_features(extractor: Any, files: Sequence[Path], cache_dir: str | os.PathLike[str] | None,
-                    name: str, key: str, **extraction: Any) -> np.ndarray | None:
+def cached_features(
+    extractor: Any,
+    files: Sequence[Path],
+    cache_dir: str | os.PathLike[str] | None,
+    name: str,
+    key: str,
+    **extraction: Any,
+) -> np.ndarray | None:
     """The features of ``files`` from ``cache_dir/<name>-<key>.npy``, extracting them there if absent.
 
     Args:
@@ -133,8 +142,10 @@ def cached_features(extractor: Any, files: Sequence[Path], cache_dir: str | os.P
             return None
     elif rank_and_world()[0] != 0:
         return None
-    features = np.load(path, mmap_mode="r")
+    features: np.ndarray = np.load(path, mmap_mode="r")
     if features.ndim != 2 or features.shape[0] != len(files):
-        raise ValueError(f"cached features {path} hold {features.shape} rows, expected {len(files)}: "
-                         "delete the file to extract again")
+        raise ValueError(
+            f"cached features {path} hold {features.shape} rows, expected {len(files)}: "
+            "delete the file to extract again"
+        )
     return features

@@ -35,14 +35,15 @@ Gnd = Sequence[dict[str, Any]]
 
 
 # ------------------------------------------------------------------ protocol
-def retrieval_ranks(db_features: torch.Tensor | np.ndarray, query_features: torch.Tensor | np.ndarray
-                    ) -> torch.Tensor:
+def retrieval_ranks(
+    db_features: torch.Tensor | np.ndarray, query_features: torch.Tensor | np.ndarray
+) -> torch.Tensor:
     """(num_db, num_queries) database indices, most similar first, as the official script:
     ``argsort(-db @ q.T, dim=0)`` on L2-normalised features. ``db_features`` may be a memory map."""
     queries = torch.nn.functional.normalize(torch.as_tensor(np.asarray(query_features)).float(), dim=1)
     blocks = []
     for start in range(0, len(db_features), RANK_CHUNK_ROWS):
-        rows = torch.as_tensor(np.asarray(db_features[start:start + RANK_CHUNK_ROWS])).float()
+        rows = torch.as_tensor(np.asarray(db_features[start : start + RANK_CHUNK_ROWS])).float()
         blocks.append(torch.nn.functional.normalize(rows, dim=1) @ queries.T)
     return torch.argsort(-torch.cat(blocks), dim=0)
 
@@ -56,8 +57,12 @@ def average_precision(positions: np.ndarray, num_positives: int) -> float:
     return float(((before + after) / 2).sum() / num_positives)
 
 
-def compute_map(ranks: np.ndarray, positives: Sequence[Sequence[int]], junk: Sequence[Sequence[int]],
-                ks: Sequence[int] = (1, 5, 10)) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+def compute_map(
+    ranks: np.ndarray,
+    positives: Sequence[Sequence[int]],
+    junk: Sequence[Sequence[int]],
+    ks: Sequence[int] = (1, 5, 10),
+) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
     """The revisited benchmark's ``compute_map``: (mAP, per-query AP, mean precision@k, per-query P@k).
 
     Junk images are taken out of the ranking: a positive's position drops by the number of junk
@@ -96,13 +101,19 @@ def check_gnd(gnd: Gnd, num_db: int, num_queries: int, source: str = "gnd") -> N
                 raise ValueError(f"{source}: query {number} lacks the {key!r} list")
             bad = [int(i) for i in entry[key] if not 0 <= int(i) < num_db]
             if bad:
-                raise ValueError(f"{source}: query {number} {key!r} lists database index {bad[0]}, "
-                                 f"but the database has {num_db} images (does the gnd file belong "
-                                 "to this dataset?)")
+                raise ValueError(
+                    f"{source}: query {number} {key!r} lists database index {bad[0]}, "
+                    f"but the database has {num_db} images (does the gnd file belong "
+                    "to this dataset?)"
+                )
 
 
-def revisited_map(db_features: torch.Tensor | np.ndarray, query_features: torch.Tensor | np.ndarray,
-                  gnd: Gnd, ks: Sequence[int] = (1, 5, 10)) -> dict[str, Any]:
+def revisited_map(
+    db_features: torch.Tensor | np.ndarray,
+    query_features: torch.Tensor | np.ndarray,
+    gnd: Gnd,
+    ks: Sequence[int] = (1, 5, 10),
+) -> dict[str, Any]:
     """Medium and Hard mAP and mean precision@k of the revisited Oxford / Paris protocol.
 
     Args:
@@ -117,10 +128,12 @@ def revisited_map(db_features: torch.Tensor | np.ndarray, query_features: torch.
     """
     check_gnd(gnd, len(db_features), len(query_features))
     ranks = retrieval_ranks(db_features, query_features).numpy()
-    medium = compute_map(ranks, [list(g["easy"]) + list(g["hard"]) for g in gnd],
-                         [list(g["junk"]) for g in gnd], ks)
-    hard = compute_map(ranks, [list(g["hard"]) for g in gnd],
-                       [list(g["junk"]) + list(g["easy"]) for g in gnd], ks)
+    medium = compute_map(
+        ranks, [list(g["easy"]) + list(g["hard"]) for g in gnd], [list(g["junk"]) for g in gnd], ks
+    )
+    hard = compute_map(
+        ranks, [list(g["hard"]) for g in gnd], [list(g["junk"]) + list(g["easy"]) for g in gnd], ks
+    )
     result: dict[str, Any] = {"ks": list(ks)}
     for suffix, (mean_ap, aps, mpr, prs) in (("M", medium), ("H", hard)):
         result[f"map{suffix}"] = mean_ap
@@ -140,7 +153,8 @@ def retrieval_transform(imsize: int | None) -> Any:
         if imsize is not None:
             image.thumbnail((imsize, imsize), Image.Resampling.LANCZOS)
         tensor = TF.to_dtype(TF.pil_to_tensor(image), torch.float32, scale=True)
-        return TF.normalize(tensor, list(IMAGENET_MEAN), list(IMAGENET_STD))
+        normalised: torch.Tensor = TF.normalize(tensor, list(IMAGENET_MEAN), list(IMAGENET_STD))
+        return normalised
 
     return transform
 
@@ -152,12 +166,18 @@ def multiscale_fn(extractor: FeatureExtractor) -> Any:
     def compute(batch: torch.Tensor) -> torch.Tensor:
         total = torch.zeros(batch.shape[0], extractor.embed_dim, device=batch.device)
         for scale in MULTISCALE_SCALES:
-            scaled = batch if scale == 1 else torch.nn.functional.interpolate(
-                batch, scale_factor=scale, mode="bilinear", align_corners=False)
+            scaled = (
+                batch
+                if scale == 1
+                else torch.nn.functional.interpolate(
+                    batch, scale_factor=scale, mode="bilinear", align_corners=False
+                )
+            )
             total += extractor(scaled)
         mean = total / len(MULTISCALE_SCALES)
         # Per image: the official divides the whole (1, D) batch by its norm, with batches of one.
-        return mean / mean.norm(dim=1, keepdim=True)
+        descriptor: torch.Tensor = mean / mean.norm(dim=1, keepdim=True)
+        return descriptor
 
     return compute
 
@@ -170,8 +190,10 @@ def multiscale_embed(model: FeatureExtractor, images: Any) -> torch.Tensor:
     taken as preprocessed; other inputs get the model's preprocessing.
     """
     compute = multiscale_fn(model)
-    rows = [compute(batch.to(model.device, model.dtype))
-            for batch in iter_batches(images, model.preprocess, None, 1)]
+    rows = [
+        compute(batch.to(model.device, model.dtype))
+        for batch in iter_batches(images, model.preprocess, None, 1)
+    ]
     return torch.cat(rows).float()
 
 
@@ -194,19 +216,23 @@ class RevisitedDataset:
         folder = Path(data) / name
         gnd_file = folder / f"gnd_{name}.pkl"
         if not gnd_file.is_file():
-            raise FileNotFoundError(f"ground truth not found: {gnd_file} (expected DATA/{name}/gnd_{name}.pkl)")
+            raise FileNotFoundError(
+                f"ground truth not found: {gnd_file} (expected DATA/{name}/gnd_{name}.pkl)"
+            )
         try:
             with gnd_file.open("rb") as handle:
                 cfg = pickle.load(handle)
             imlist, qimlist, gnd = list(cfg["imlist"]), list(cfg["qimlist"]), list(cfg["gnd"])
         except (pickle.UnpicklingError, EOFError, KeyError, TypeError) as error:
-            raise ValueError(f"{gnd_file} is not a revisited ground-truth file (needs imlist, qimlist, gnd): "
-                             f"{error!r}") from None
+            raise ValueError(
+                f"{gnd_file} is not a revisited ground-truth file (needs imlist, qimlist, gnd): {error!r}"
+            ) from None
         db_files = [folder / "jpg" / f"{stem}.jpg" for stem in imlist]
         query_files = [folder / "jpg" / f"{stem}.jpg" for stem in qimlist]
         missing = [str(path) for path in db_files + query_files if not path.is_file()]
         if missing:
-            raise FileNotFoundError(f"{len(missing)} image(s) listed in {gnd_file} are missing, "
-                                    f"first {missing[0]}")
+            raise FileNotFoundError(
+                f"{len(missing)} image(s) listed in {gnd_file} are missing, first {missing[0]}"
+            )
         check_gnd(gnd, len(db_files), len(query_files), str(gnd_file))
         return cls(name, gnd_file, db_files, query_files, gnd)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -94,7 +93,9 @@ def scan_segmentation_folder(root: str | os.PathLike[str]) -> SegmentationSplit:
         if (base / image_dir).is_dir() and (base / mask_dir).is_dir():
             break
     else:
-        raise FileNotFoundError(f"{base} has neither images/ + annotations/ nor JPEGImages/ + SegmentationClass/")
+        raise FileNotFoundError(
+            f"{base} has neither images/ + annotations/ nor JPEGImages/ + SegmentationClass/"
+        )
     masks = {p.stem: p for p in (base / mask_dir).glob("*.png")}
     images = sorted(p for p in (base / image_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if mask_dir == "SegmentationClass":  # VOC: JPEGImages also holds the images without masks
@@ -103,13 +104,20 @@ def scan_segmentation_folder(root: str | os.PathLike[str]) -> SegmentationSplit:
         raise FileNotFoundError(f"no images in {base / image_dir}")
     missing = [p for p in images if p.stem not in masks]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} image(s) have no mask in {base / mask_dir}, first {missing[0].name} "
-                                f"(expected {base / mask_dir / (missing[0].stem + '.png')})")
+        raise FileNotFoundError(
+            f"{len(missing)} image(s) have no mask in {base / mask_dir}, first {missing[0].name} "
+            f"(expected {base / mask_dir / (missing[0].stem + '.png')})"
+        )
     return SegmentationSplit(images, [masks[p.stem] for p in images])
 
 
-def load_masks(split: SegmentationSplit, size: int, num_classes: int, ignore_index: int = IGNORE_INDEX,
-               reduce_zero_label: bool = False) -> torch.Tensor:
+def load_masks(
+    split: SegmentationSplit,
+    size: int,
+    num_classes: int,
+    ignore_index: int = IGNORE_INDEX,
+    reduce_zero_label: bool = False,
+) -> torch.Tensor:
     """(N, size, size) uint8 label maps (nearest resize), checked against their images and the classes.
 
     Raises:
@@ -122,19 +130,25 @@ def load_masks(split: SegmentationSplit, size: int, num_classes: int, ignore_ind
             image_size = image.size
         with Image.open(mask_path) as mask:
             if mask.size != image_size:
-                raise ValueError(f"{mask_path} is {mask.size[0]}x{mask.size[1]} but its image {image_path.name} "
-                                 f"is {image_size[0]}x{image_size[1]}")
+                raise ValueError(
+                    f"{mask_path} is {mask.size[0]}x{mask.size[1]} but its image {image_path.name} "
+                    f"is {image_size[0]}x{image_size[1]}"
+                )
             if mask.mode not in ("P", "L"):
-                raise ValueError(f"{mask_path} is a {mask.mode} image; masks are indexed or greyscale PNGs of "
-                                 "class indices")
+                raise ValueError(
+                    f"{mask_path} is a {mask.mode} image; masks are indexed or greyscale PNGs of "
+                    "class indices"
+                )
             labels = np.array(mask.resize((size, size), Image.Resampling.NEAREST), dtype=np.int64)
         if reduce_zero_label:
             labels = np.where(labels == 0, ignore_index, labels - 1)
             labels[labels == ignore_index - 1] = ignore_index
         bad = labels[(labels >= num_classes) & (labels != ignore_index)]
         if bad.size:
-            raise ValueError(f"{mask_path} has label {int(bad.max())}, beyond the {num_classes} classes "
-                             f"(0..{num_classes - 1}; {ignore_index} is ignored)")
+            raise ValueError(
+                f"{mask_path} has label {int(bad.max())}, beyond the {num_classes} classes "
+                f"(0..{num_classes - 1}; {ignore_index} is ignored)"
+            )
         out[number] = torch.from_numpy(labels.astype(np.uint8))
     return out
 
@@ -144,10 +158,12 @@ def patch_feature_fn(extractor: FeatureExtractor, n_last_blocks: int) -> BatchFe
     concatenated along the channels (C = n * D); rows can stream to disk like any feature."""
 
     def compute(batch: torch.Tensor) -> torch.Tensor:
-        layers = extractor.intermediate_layers(batch, n=n_last_blocks, batch_size=batch.shape[0], progress=False)
+        layers = extractor.intermediate_layers(
+            batch, n=n_last_blocks, batch_size=batch.shape[0], progress=False
+        )
         grid = extractor.backbone.config.patch_size  # type: ignore[union-attr]
         h, w = batch.shape[2] // grid, batch.shape[3] // grid
-        patches = layers[:, :, -h * w:]  # drop CLS and registers
+        patches = layers[:, :, -h * w :]  # drop CLS and registers
         return torch.cat(list(patches), dim=2).flatten(1)
 
     return compute
@@ -162,18 +178,20 @@ class LinearSegHead(nn.Module):
         self.norm: nn.Module = nn.BatchNorm2d(channels) if batchnorm else nn.Identity()
         self.classifier = nn.Conv2d(channels, num_classes, kernel_size=1)
         nn.init.normal_(self.classifier.weight, std=0.01)
+        assert self.classifier.bias is not None
         nn.init.zeros_(self.classifier.bias)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.norm(tokens))  # type: ignore[no-any-return]
 
 
-def confusion_matrix(predicted: torch.Tensor, target: torch.Tensor, num_classes: int,
-                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def confusion_matrix(
+    predicted: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
     """(classes, classes) counts, rows = true class, ignoring ``ignore_index`` pixels."""
     keep = target != ignore_index
     pairs = target[keep].long() * num_classes + predicted[keep].long()
-    return torch.bincount(pairs, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    return torch.bincount(pairs, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
 def mean_iou(confusion: torch.Tensor) -> tuple[float, list[float]]:
@@ -186,33 +204,49 @@ def mean_iou(confusion: torch.Tensor) -> tuple[float, list[float]]:
     confusion = confusion.double()
     intersection = confusion.diag()
     union = confusion.sum(0) + confusion.sum(1) - intersection
-    ious = torch.where(union > 0, intersection / union.clamp(min=1), torch.tensor(float("nan"), dtype=torch.float64))
+    ious = torch.where(
+        union > 0, intersection / union.clamp(min=1), torch.tensor(float("nan"), dtype=torch.float64)
+    )
     present = ious[~ious.isnan()]
     return (float(present.mean()) if present.numel() else float("nan")), ious.tolist()
 
 
-def _grid(features: Any, index: Sequence[int] | slice, shape: tuple[int, int, int]) -> torch.Tensor:
+def _grid(features: Any, index: np.ndarray | slice, shape: tuple[int, int, int]) -> torch.Tensor:
     rows = torch.as_tensor(np.asarray(features[index]), dtype=torch.float32)
     return rows.reshape(-1, *shape).permute(0, 3, 1, 2)
 
 
-def evaluate_head(head: LinearSegHead, features: Any, masks: torch.Tensor, shape: tuple[int, int, int],
-                  num_classes: int, ignore_index: int = IGNORE_INDEX, batch_size: int = 16) -> dict[str, Any]:
+def evaluate_head(
+    head: LinearSegHead,
+    features: Any,
+    masks: torch.Tensor,
+    shape: tuple[int, int, int],
+    num_classes: int,
+    ignore_index: int = IGNORE_INDEX,
+    batch_size: int = 16,
+) -> dict[str, Any]:
     """mIoU of ``head`` on (N, h*w*C) token features against (N, S, S) masks."""
     head.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
     with torch.no_grad():
         for start in range(0, masks.shape[0], batch_size):
             logits = head(_grid(features, slice(start, start + batch_size), shape))
-            target = masks[start:start + batch_size]
+            target = masks[start : start + batch_size]
             logits = F.interpolate(logits, size=target.shape[1:], mode="bilinear", align_corners=False)
             confusion += confusion_matrix(logits.argmax(1), target, num_classes, ignore_index)
     miou, ious = mean_iou(confusion)
     return {"mIoU": miou, "per_class_IoU": ious}
 
 
-def train_seg_probe(train_features: Any, train_masks: torch.Tensor, val_features: Any, val_masks: torch.Tensor,
-                    grid: tuple[int, int], num_classes: int, config: SegProbeConfig) -> dict[str, Any]:
+def train_seg_probe(
+    train_features: Any,
+    train_masks: torch.Tensor,
+    val_features: Any,
+    val_masks: torch.Tensor,
+    grid: tuple[int, int],
+    num_classes: int,
+    config: SegProbeConfig,
+) -> dict[str, Any]:
     """Train the linear head on cached token features and score it on the validation split.
 
     Args:
@@ -236,14 +270,15 @@ def train_seg_probe(train_features: Any, train_masks: torch.Tensor, val_features
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(train_masks.shape[0] / config.batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 1 - step / (config.epochs * steps_per_epoch))
+        optimizer, lambda step: 1 - step / (config.epochs * steps_per_epoch)
+    )
     history = []
     for epoch in range(config.epochs):
         head.train()
         order = torch.randperm(train_masks.shape[0], generator=generator)
         total = 0.0
         for start in range(0, len(order), config.batch_size):
-            index = np.sort(order[start:start + config.batch_size].numpy())
+            index = np.sort(order[start : start + config.batch_size].numpy())
             logits = head(_grid(train_features, index, shape))
             target = train_masks[torch.from_numpy(index)].long()
             if not (target != config.ignore_index).any():
@@ -251,7 +286,7 @@ def train_seg_probe(train_features: Any, train_masks: torch.Tensor, val_features
             logits = F.interpolate(logits, size=target.shape[1:], mode="bilinear", align_corners=False)
             loss = F.cross_entropy(logits, target, ignore_index=config.ignore_index)
             optimizer.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             schedule.step()
             total += float(loss.detach()) * len(index)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,22 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
+from dinofeat.atomic_write import replace_atomically
 from dinofeat.evaluation.davis_metrics import davis_j_and_f
 from dinofeat.extractor import FeatureExtractor
 from dinofeat.inputs import open_image
 
-__all__ = ["propagate", "iter_propagate", "davis_j_and_f", "read_frame", "read_annotation", "davis_palette"]
+__all__ = [
+    "DavisVideo",
+    "davis_j_and_f",
+    "davis_palette",
+    "davis_videos",
+    "iter_propagate",
+    "propagate",
+    "read_annotation",
+    "read_frame",
+    "save_label_png",
+]
 
 SCALE_SIZE = 480
 SIZE_MULTIPLE = 64
@@ -39,8 +51,9 @@ _COEF_BITS = 11  # OpenCV's INTER_RESIZE_COEF_BITS
 
 
 # ------------------------------------------------------------------ frames and annotations
-def _resize_coefficients(source: int, target: int, clamp_fraction: bool
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _resize_coefficients(
+    source: int, target: int, clamp_fraction: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     position = ((np.arange(target) + 0.5) * (source / target) - 0.5).astype(np.float32)
     first = np.floor(position).astype(np.int64)
     fraction = position - first
@@ -68,7 +81,7 @@ def cv2_bilinear_resize(image: np.ndarray, height: int, width: int) -> np.ndarra
     horizontal = pixels[:, cols0] * alpha0[None, :, None] + pixels[:, cols1] * alpha1[None, :, None]
     top = (horizontal[rows0] >> 4) * beta0[:, None, None] >> 16
     bottom = (horizontal[rows1] >> 4) * beta1[:, None, None] >> 16
-    return ((top + bottom + 2) >> 2).clip(0, 255).astype(np.uint8)
+    return np.asarray(((top + bottom + 2) >> 2).clip(0, 255), dtype=np.uint8)
 
 
 def davis_frame_size(height: int, width: int) -> tuple[int, int]:
@@ -85,8 +98,10 @@ def _rgb_array(frame: Any) -> np.ndarray:
         return np.asarray(frame.convert("RGB"))
     array = np.asarray(frame)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
-        raise TypeError(f"a decoded frame must be a PIL image or a uint8 (H, W, 3) RGB array, "
-                        f"got {array.dtype} {array.shape}")
+        raise TypeError(
+            f"a decoded frame must be a PIL image or a uint8 (H, W, 3) RGB array, "
+            f"got {array.dtype} {array.shape}"
+        )
     return array
 
 
@@ -110,7 +125,9 @@ def read_annotation(annotation: Any) -> np.ndarray:
             raise FileNotFoundError(f"annotation not found: {path}")
         with Image.open(path) as image:
             if image.mode not in ("P", "L"):
-                raise ValueError(f"{path} is a {image.mode} image; DAVIS annotations are indexed (palette) PNGs")
+                raise ValueError(
+                    f"{path} is a {image.mode} image; DAVIS annotations are indexed (palette) PNGs"
+                )
             return np.array(image, dtype=np.int64)
     if isinstance(annotation, Image.Image):
         return np.array(annotation, dtype=np.int64)
@@ -135,9 +152,7 @@ def davis_palette() -> np.ndarray:
 
 
 def save_label_png(path: Path, labels: np.ndarray) -> None:
-    """An indexed PNG of a label map with the DAVIS palette (written as :func:`replace_atomically` does)."""
-    from dinofeat.atomic_write import replace_atomically
-
+    """An indexed PNG of a label map with the DAVIS palette, written atomically."""
     image = Image.fromarray(labels.astype(np.uint8), mode="P")
     image.putpalette(davis_palette().ravel().tolist())
     replace_atomically(lambda temporary: image.save(temporary, format="PNG"), path)
@@ -147,8 +162,11 @@ def save_label_png(path: Path, labels: np.ndarray) -> None:
 def _one_hot_small(labels: np.ndarray, size: tuple[int, int], patch: int) -> torch.Tensor:
     """The first annotation at patch resolution (nearest), one channel per label 0..max: (C, h, w)."""
     height, width = size
-    small = np.array(Image.fromarray(labels.astype(np.uint8)).resize((width // patch, height // patch),
-                                                                      Image.Resampling.NEAREST))
+    small = np.array(
+        Image.fromarray(labels.astype(np.uint8)).resize(
+            (width // patch, height // patch), Image.Resampling.NEAREST
+        )
+    )
     small_labels = torch.from_numpy(small.astype(np.int64))
     return F.one_hot(small_labels, int(small_labels.max()) + 1).permute(2, 0, 1).float()
 
@@ -166,8 +184,13 @@ def _patch_tokens(model: FeatureExtractor, frame: torch.Tensor) -> tuple[torch.T
     return tokens.flatten(0, 1).cpu(), (tokens.shape[0], tokens.shape[1])
 
 
-def _propagate_step(target: torch.Tensor, sources: list[torch.Tensor], source_labels: list[torch.Tensor],
-                    mask: torch.Tensor | None, topk: int) -> torch.Tensor:
+def _propagate_step(
+    target: torch.Tensor,
+    sources: list[torch.Tensor],
+    source_labels: list[torch.Tensor],
+    mask: torch.Tensor | None,
+    topk: int,
+) -> torch.Tensor:
     """Soft labels (C, h*w) of the target patches from the context frames' tokens and soft labels."""
     target_n = F.normalize(target, dim=1)
     sources_n = F.normalize(torch.stack(sources), dim=2)  # (context, h*w, D)
@@ -182,10 +205,16 @@ def _propagate_step(target: torch.Tensor, sources: list[torch.Tensor], source_la
     return labels @ affinity
 
 
-def _labels_at_frame_size(soft: torch.Tensor, grid: tuple[int, int], patch: int, size: tuple[int, int]
-                          ) -> np.ndarray:
-    upsampled = F.interpolate(soft.reshape(1, -1, *grid), scale_factor=patch, mode="bilinear",
-                              align_corners=False, recompute_scale_factor=False)[0]
+def _labels_at_frame_size(
+    soft: torch.Tensor, grid: tuple[int, int], patch: int, size: tuple[int, int]
+) -> np.ndarray:
+    upsampled = F.interpolate(
+        soft.reshape(1, -1, *grid),
+        scale_factor=patch,
+        mode="bilinear",
+        align_corners=False,
+        recompute_scale_factor=False,
+    )[0]
     for channel in upsampled:
         if channel.max() > 0:
             shifted = channel - channel.min()
@@ -197,8 +226,14 @@ def _labels_at_frame_size(soft: torch.Tensor, grid: tuple[int, int], patch: int,
 
 
 @torch.inference_mode()
-def iter_propagate(model: FeatureExtractor, frames: Sequence[Any], first_annotation: Any,
-                   n_last_frames: int = 7, neighborhood: int = 12, topk: int = 5) -> Iterator[np.ndarray]:
+def iter_propagate(
+    model: FeatureExtractor,
+    frames: Sequence[Any],
+    first_annotation: Any,
+    n_last_frames: int = 7,
+    neighborhood: int = 12,
+    topk: int = 5,
+) -> Iterator[np.ndarray]:
     """Label maps (H, W) at the original frame size, frame by frame (the first is the annotation).
 
     Args and checks as :func:`propagate`.
@@ -209,19 +244,25 @@ def iter_propagate(model: FeatureExtractor, frames: Sequence[Any], first_annotat
     if not frames:
         raise ValueError("no frames to segment")
     if n_last_frames < 0 or neighborhood < 0 or topk < 1:
-        raise ValueError(f"need n_last_frames >= 0, neighborhood >= 0, topk >= 1; got {n_last_frames}, "
-                         f"{neighborhood}, {topk}")
+        raise ValueError(
+            f"need n_last_frames >= 0, neighborhood >= 0, topk >= 1; got {n_last_frames}, "
+            f"{neighborhood}, {topk}"
+        )
     first, size = read_frame(frames[0])
     labels = read_annotation(first_annotation)
     if labels.shape != size:
-        raise ValueError(f"the first annotation is {labels.shape[1]}x{labels.shape[0]} (W x H) but the first "
-                         f"frame is {size[1]}x{size[0]}")
+        raise ValueError(
+            f"the first annotation is {labels.shape[1]}x{labels.shape[0]} (W x H) but the first "
+            f"frame is {size[1]}x{size[0]}"
+        )
     yield labels
     first_tokens, grid = _patch_tokens(model, first.to(model.device, model.dtype))
     first_labels = _one_hot_small(labels, tuple(first.shape[1:]), patch)  # type: ignore[arg-type]
     if first_labels.shape[1:] != grid:
-        raise ValueError(f"the patch grid {grid} does not match the label grid {tuple(first_labels.shape[1:])}")
-    mask = neighbourhood_mask(*grid, neighborhood) if neighborhood > 0 else None
+        raise ValueError(
+            f"the patch grid {grid} does not match the label grid {tuple(first_labels.shape[1:])}"
+        )
+    mask = neighbourhood_mask(grid[0], grid[1], neighborhood) if neighborhood > 0 else None
     queue: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=n_last_frames or None)
     for frame in frames[1:]:
         tensor, frame_size = read_frame(frame)
@@ -236,8 +277,14 @@ def iter_propagate(model: FeatureExtractor, frames: Sequence[Any], first_annotat
         yield _labels_at_frame_size(soft, grid, patch, frame_size)
 
 
-def propagate(model: FeatureExtractor, frames: Sequence[Any], first_annotation: Any,
-              n_last_frames: int = 7, neighborhood: int = 12, topk: int = 5) -> torch.Tensor:
+def propagate(
+    model: FeatureExtractor,
+    frames: Sequence[Any],
+    first_annotation: Any,
+    n_last_frames: int = 7,
+    neighborhood: int = 12,
+    topk: int = 5,
+) -> torch.Tensor:
     """Segment a video from its first frame's annotation by label propagation.
 
     Args:
@@ -257,3 +304,60 @@ def propagate(model: FeatureExtractor, frames: Sequence[Any], first_annotation: 
     """
     maps = list(iter_propagate(model, frames, first_annotation, n_last_frames, neighborhood, topk))
     return torch.from_numpy(np.stack(maps))
+
+
+# ------------------------------------------------------------------ DAVIS layout
+@dataclass(frozen=True)
+class DavisVideo:
+    """One video of ``DAVIS/JPEGImages/480p/<name>/*.jpg`` with ``DAVIS/Annotations/480p/<name>/*.png``."""
+
+    name: str
+    frames: list[Path]
+    annotations: list[Path]
+
+    @property
+    def first_annotation(self) -> Path:
+        return self.annotations[0]
+
+
+def davis_videos(
+    root: str | os.PathLike[str],
+    split: str = "val",
+    resolution: str = "480p",
+    need_all_annotations: bool = True,
+) -> list[DavisVideo]:
+    """The videos of ``DAVIS/ImageSets/2017/<split>.txt``, checked before any work starts.
+
+    Raises:
+        FileNotFoundError: the split file, a video's frames, its first annotation or (with
+            ``need_all_annotations``, for scoring) any frame's annotation is missing; the path is named.
+    """
+    base = Path(root)
+    listing = base / "ImageSets" / "2017" / f"{split}.txt"
+    if not listing.is_file():
+        raise FileNotFoundError(f"DAVIS split file not found: {listing}")
+    names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"{listing} lists no videos")
+    videos = []
+    for name in names:
+        frames = sorted((base / "JPEGImages" / resolution / name).glob("*.jpg"))
+        if not frames:
+            raise FileNotFoundError(
+                f"no frames for video {name!r}: {base / 'JPEGImages' / resolution / name} "
+                "is missing or holds no .jpg"
+            )
+        annotations = [base / "Annotations" / resolution / name / f"{f.stem}.png" for f in frames]
+        wanted = annotations if need_all_annotations else annotations[:1]
+        missing = next((path for path in wanted if not path.is_file()), None)
+        if missing is not None:
+            raise FileNotFoundError(
+                f"missing DAVIS annotation {missing}"
+                + (
+                    ""
+                    if missing == annotations[0]
+                    else " (needed to score J&F; --no-eval segments without scoring)"
+                )
+            )
+        videos.append(DavisVideo(name, frames, annotations))
+    return videos
