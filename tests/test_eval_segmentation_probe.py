@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from eval_helpers import one_thread  # noqa: F401 (a fixture)
 from PIL import Image
 
 import dinofeat
@@ -22,15 +23,6 @@ from tests.conftest import TINY_VIT
 from tests.seg_helpers import make_shapes_split
 
 
-@pytest.fixture
-def one_thread():
-    # Tiny tensors: threads only add contention on a busy 2-core machine (100x slower under load).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _features(model, root, blocks):
     split = scan_segmentation_folder(root)
     features = extract_features(
@@ -45,7 +37,8 @@ def _features(model, root, blocks):
 
 
 @pytest.mark.parametrize("blocks, batchnorm", [(1, True), (2, False)])
-def test_probe_learns_shapes_whose_class_is_their_colour(tmp_path, one_thread, blocks, batchnorm):
+@pytest.mark.usefixtures("one_thread")
+def test_probe_learns_shapes_whose_class_is_their_colour(tmp_path, blocks, batchnorm):
     make_shapes_split(tmp_path / "train", 16, seed=0)
     make_shapes_split(tmp_path / "val", 6, seed=1, layout="voc")
     model = dinofeat.load(TINY_VIT, device="cpu")

@@ -27,6 +27,7 @@ from dinofeat.evaluation import video_segmentation as vs
 from dinofeat.evaluation.descriptors import cls_gem
 from dinofeat.evaluation.distributed import init_from_env, rank_and_world, shard_indices
 from dinofeat.evaluation.feature_cache import cache_key, cached_features
+from dinofeat.evaluation.neighbors import as_float_tensor
 from dinofeat.extractor import FeatureExtractor
 from dinofeat.inputs import list_image_files
 
@@ -150,8 +151,9 @@ def run_copydetect(args: argparse.Namespace) -> int:
     )
     if not _is_main():
         return 0
-    database = torch.from_numpy(np.concatenate([np.asarray(p) for p in parts]))
-    queries = [torch.from_numpy(np.asarray(q)) for q in query_parts]
+    # On rank 0 every part is present (the other ranks have returned).
+    database = torch.cat([as_float_tensor(p) for p in parts if p is not None])
+    queries = [as_float_tensor(q) for q in query_parts if q is not None]
     if whitening_features is not None:
         whitening = cd.Whitening.fit(whitening_features)
         database, queries = whitening.apply(database), [whitening.apply(q) for q in queries]

@@ -23,7 +23,7 @@ import torch
 
 from dinofeat.config import PreprocessConfig
 from dinofeat.evaluation.descriptors import cls_gem
-from dinofeat.evaluation.neighbors import build_index, search
+from dinofeat.evaluation.neighbors import as_float_tensor, build_index, search
 from dinofeat.extractor import FeatureExtractor
 from dinofeat.inputs import iter_batches
 from dinofeat.preprocess import pil_geometry, to_normalized_tensor
@@ -76,7 +76,7 @@ class Whitening:
         cls, features: torch.Tensor | np.ndarray, dim: int | None = None, power: float = 0.5
     ) -> Whitening:
         """Learn the whitening of (n, D) descriptors, keeping the ``dim`` strongest components (all)."""
-        feats = torch.as_tensor(np.asarray(features)).float()
+        feats = as_float_tensor(features)
         if feats.ndim != 2 or feats.shape[0] < 2:
             raise ValueError(f"whitening needs a (n >= 2, D) feature matrix, got {tuple(feats.shape)}")
         covariance = (feats.T @ feats / feats.shape[0]).numpy()
@@ -88,7 +88,7 @@ class Whitening:
 
     def apply(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Whitened (n, dim) features (not normalised)."""
-        centred = torch.as_tensor(np.asarray(x)).float() - self.mean
+        centred = as_float_tensor(x) - self.mean
         return (self.projection @ centred.T).T
 
 

@@ -24,6 +24,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from dinofeat.config import IMAGENET_MEAN, IMAGENET_STD
+from dinofeat.evaluation.neighbors import as_float_tensor
 from dinofeat.extractor import FeatureExtractor
 from dinofeat.inputs import iter_batches
 
@@ -40,10 +41,10 @@ def retrieval_ranks(
 ) -> torch.Tensor:
     """(num_db, num_queries) database indices, most similar first, as the official script:
     ``argsort(-db @ q.T, dim=0)`` on L2-normalised features. ``db_features`` may be a memory map."""
-    queries = torch.nn.functional.normalize(torch.as_tensor(np.asarray(query_features)).float(), dim=1)
+    queries = torch.nn.functional.normalize(as_float_tensor(query_features), dim=1)
     blocks = []
     for start in range(0, len(db_features), RANK_CHUNK_ROWS):
-        rows = torch.as_tensor(np.asarray(db_features[start : start + RANK_CHUNK_ROWS])).float()
+        rows = as_float_tensor(db_features[start : start + RANK_CHUNK_ROWS])
         blocks.append(torch.nn.functional.normalize(rows, dim=1) @ queries.T)
     return torch.argsort(-torch.cat(blocks), dim=0)
 

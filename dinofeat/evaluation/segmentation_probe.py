@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from dinofeat.evaluation.features import BatchFeatures
+from dinofeat.evaluation.neighbors import as_float_tensor
 from dinofeat.extractor import FeatureExtractor
 from dinofeat.inputs import IMAGE_SUFFIXES
 
@@ -212,7 +213,7 @@ def mean_iou(confusion: torch.Tensor) -> tuple[float, list[float]]:
 
 
 def _grid(features: Any, index: np.ndarray | slice, shape: tuple[int, int, int]) -> torch.Tensor:
-    rows = torch.as_tensor(np.asarray(features[index]), dtype=torch.float32)
+    rows = as_float_tensor(features[index])
     return rows.reshape(-1, *shape).permute(0, 3, 1, 2)
 
 
