@@ -22,6 +22,14 @@ COMMON = ["--workers", "0", "--no-progress"]
 P16_ARCH = {"patch_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2, "img_size": 32}
 
 
+def _cli(command: str, **options: object) -> list[str]:
+    """``command --key value ...`` with ``key_name`` spelt ``--key-name``."""
+    argv = [command]
+    for key, value in options.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    return argv
+
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -55,19 +63,15 @@ def _revisited(root: Path, db: int = 8, queries: int = 2) -> Path:
 def test_retrieval_end_to_end_and_cached(tiny_model, tmp_path):
     data, cache, out = _revisited(tmp_path / "data"), tmp_path / "cache", tmp_path / "r.json"
     argv = [
-        "retrieval",
-        "--dataset",
-        "roxford5k",
-        "--data",
-        str(data),
-        "--model",
-        str(tiny_model),
-        "--imsize",
-        "48",
-        "--cache",
-        str(cache),
-        "-o",
-        str(out),
+        *_cli(
+            "retrieval",
+            dataset="roxford5k",
+            data=data,
+            model=tiny_model,
+            imsize="48",
+            cache=cache,
+            output_json=out,
+        ),
         *COMMON,
     ]
     assert main(argv) == 0
@@ -113,17 +117,14 @@ def test_retrieval_refuses_a_gnd_that_does_not_match_the_database(tiny_model, tm
     out = tmp_path / "r.json"
     out.write_text("previous results")
     argv = [
-        "retrieval",
-        "--dataset",
-        "roxford5k",
-        "--data",
-        str(data),
-        "--model",
-        str(tiny_model),
-        "--cache",
-        str(tmp_path / "cache"),
-        "-o",
-        str(out),
+        *_cli(
+            "retrieval",
+            dataset="roxford5k",
+            data=data,
+            model=tiny_model,
+            cache=tmp_path / "cache",
+            output_json=out,
+        ),
         *COMMON,
     ]
     assert main(argv) == 2
@@ -150,21 +151,16 @@ def test_copydetect_end_to_end(tiny_model, tmp_path, capsys):
     data = _copydays(tmp_path / "copydays")
     out = tmp_path / "c.json"
     argv = [
-        "copydetect",
-        "--data",
-        str(data),
-        "--distractors",
-        str(tmp_path / "distractors"),
-        "--whitening",
-        str(tmp_path / "whitening"),
-        "--imsize",
-        "32",
-        "--model",
-        str(tiny_model),
-        "--cache",
-        str(tmp_path / "cache"),
-        "-o",
-        str(out),
+        *_cli(
+            "copydetect",
+            data=data,
+            distractors=tmp_path / "distractors",
+            whitening=tmp_path / "whitening",
+            imsize="32",
+            model=tiny_model,
+            cache=tmp_path / "cache",
+            output_json=out,
+        ),
         *COMMON,
     ]
     assert main(argv) == 0
@@ -203,18 +199,7 @@ def _davis(root: Path, frames: int = 4) -> Path:
 def test_davis_end_to_end_writes_label_pngs_and_resumes(tmp_path, capsys):
     model = save_tiny_model(tmp_path / "p16", arch=P16_ARCH)
     data, output, out = _davis(tmp_path / "DAVIS"), tmp_path / "out", tmp_path / "d.json"
-    argv = [
-        "davis",
-        "--data",
-        str(data),
-        "--output",
-        str(output),
-        "--model",
-        str(model),
-        "-o",
-        str(out),
-        "--no-progress",
-    ]
+    argv = [*_cli("davis", data=data, output=output, model=model, output_json=out), "--no-progress"]
     assert main(argv) == 0
     pngs = sorted((output / "squares").glob("*.png"))
     assert [p.name for p in pngs] == [f"{t:05d}.png" for t in range(4)]
@@ -250,25 +235,18 @@ def test_segprobe_end_to_end(tiny_model, tmp_path):
     make_shapes_split(tmp_path / "val", 4, seed=1, layout="voc")
     out = tmp_path / "s.json"
     argv = [
-        "segprobe",
-        "--train",
-        str(tmp_path / "train"),
-        "--val",
-        str(tmp_path / "val"),
-        "--num-classes",
-        "4",
-        "--image-size",
-        "64",
-        "--epochs",
-        "12",
-        "--lr",
-        "0.02",
-        "--model",
-        str(tiny_model),
-        "--cache",
-        str(tmp_path / "cache"),
-        "-o",
-        str(out),
+        *_cli(
+            "segprobe",
+            train=tmp_path / "train",
+            val=tmp_path / "val",
+            num_classes="4",
+            image_size="64",
+            epochs="12",
+            lr="0.02",
+            model=tiny_model,
+            cache=tmp_path / "cache",
+            output_json=out,
+        ),
         *COMMON,
     ]
     assert main(argv) == 0
@@ -280,19 +258,15 @@ def test_segprobe_label_beyond_the_classes_is_named(tiny_model, tmp_path, capsys
     make_shapes_split(tmp_path / "train", 2, seed=0)
     make_shapes_split(tmp_path / "val", 2, seed=1)
     argv = [
-        "segprobe",
-        "--train",
-        str(tmp_path / "train"),
-        "--val",
-        str(tmp_path / "val"),
-        "--num-classes",
-        "3",
-        "--image-size",
-        "64",
-        "--model",
-        str(tiny_model),
-        "--cache",
-        str(tmp_path / "cache"),
+        *_cli(
+            "segprobe",
+            train=tmp_path / "train",
+            val=tmp_path / "val",
+            num_classes="3",
+            image_size="64",
+            model=tiny_model,
+            cache=tmp_path / "cache",
+        ),
         *COMMON,
     ]
     assert main(argv) == 2
