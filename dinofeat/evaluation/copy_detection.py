@@ -138,7 +138,8 @@ def copy_detection_map(
     for row, wanted in zip(indices.tolist(), positives, strict=True):
         if not wanted:
             raise ValueError("every query needs at least one positive")
-        ranks = [rank for rank, index in enumerate(row) if index in set(wanted)]
+        originals = set(wanted)
+        ranks = [rank for rank, index in enumerate(row) if index in originals]
         aps.append(trapezoidal_ap(ranks, len(wanted)))
     return float(np.mean(aps)), aps
 

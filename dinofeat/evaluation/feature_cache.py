@@ -26,6 +26,7 @@ from dinofeat.atomic_write import replace_atomically
 from dinofeat.distributed import barrier
 from dinofeat.evaluation.distributed import rank_and_world, shard_indices
 from dinofeat.evaluation.features import feature_batches
+from dinofeat.extractor import FeatureExtractor
 
 #: Rows copied per step when rank 0 interleaves the shards (bounds its memory).
 MERGE_CHUNK_ROWS = 65536
@@ -47,12 +48,12 @@ def _shard_path(path: Path, rank: int, world: int) -> Path:
 
 
 def stream_features(
-    extractor: Any, files: Sequence[Path], path: str | os.PathLike[str], **extraction: Any
+    extractor: FeatureExtractor, files: Sequence[Path], path: str | os.PathLike[str], **extraction: Any
 ) -> Path | None:
     """Extract the features of ``files`` into the ``.npy`` file ``path`` without holding them in memory.
 
     Args:
-        extractor: The model (a :class:`~dinofeat.extractor.FeatureExtractor`).
+        extractor: The model.
         files: Image paths; row ``i`` of the file is ``files[i]``.
         path: The final ``.npy`` file (float32, (len(files), dim)).
         **extraction: Passed to :func:`~dinofeat.evaluation.features.feature_batches`
@@ -112,7 +113,7 @@ def _interleave(shards: list[Path], output: Path, total: int) -> None:
 
 
 def cached_features(
-    extractor: Any,
+    extractor: FeatureExtractor,
     files: Sequence[Path],
     cache_dir: str | os.PathLike[str] | None,
     name: str,
