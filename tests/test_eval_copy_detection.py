@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from eval_helpers import one_thread  # noqa: F401 (a fixture)
 
 from dinofeat.evaluation.copy_detection import (
     Whitening,
@@ -14,6 +15,8 @@ from dinofeat.evaluation.copy_detection import (
     trapezoidal_ap,
 )
 from tests.eval_golden import eval_golden, golden_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_cls_gem_descriptor_matches_the_official():

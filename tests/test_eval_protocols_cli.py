@@ -224,9 +224,13 @@ def test_davis_missing_annotations_are_named_and_nothing_written_is_lost(tmp_pat
     assert main(argv) == 2
     assert "missing DAVIS annotation" in capsys.readouterr().err
     assert (output / "squares" / "00000.png").read_bytes() == b"earlier run"
+    Image.new("P", (32, 24)).save(data / "Annotations/480p/squares/00002.png")
+    assert main(argv) == 2
+    assert "00002.png is 32x24 but its frame 00002.jpg is 64x48" in capsys.readouterr().err
     (data / "Annotations/480p/squares/00000.png").unlink()
     assert main([*argv, "--no-eval"]) == 2
     assert "00000.png" in capsys.readouterr().err
+    assert (output / "squares" / "00000.png").read_bytes() == b"earlier run"
 
 
 # ------------------------------------------------------------------ segmentation probe

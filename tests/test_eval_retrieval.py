@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from eval_helpers import one_thread  # noqa: F401 (a fixture)
 
 from dinofeat.evaluation.retrieval import (
     check_gnd,
@@ -14,6 +15,8 @@ from dinofeat.evaluation.retrieval import (
     revisited_map,
 )
 from tests.eval_golden import eval_golden, golden_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_ranks_and_metrics_match_the_official_compute_map():

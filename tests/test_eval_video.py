@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from eval_helpers import one_thread  # noqa: F401 (a fixture)
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -20,6 +21,8 @@ from dinofeat.evaluation.video_segmentation import (
 )
 from tests.conftest import shared_path
 from tests.eval_golden import eval_golden, golden_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_frame_preprocessing_matches_the_official_opencv_read_frame():
@@ -51,7 +54,7 @@ def test_decoded_frames_give_the_same_labels_as_paths():
 def test_annotation_of_another_size_is_refused():
     _, _, folder = eval_golden()
     frames = sorted((folder / "video" / "frames").glob("*.jpg"))[:2]
-    with pytest.raises(ValueError, match="annotation is 80x60"):
+    with pytest.raises(ValueError, match=r"annotation is 80x60 .* first frame .*00000\.jpg is 160x120"):
         propagate(golden_model(), frames, np.zeros((60, 80), dtype=np.int64))
 
 

@@ -225,6 +225,10 @@ def _labels_at_frame_size(
     return np.array(resized, dtype=np.int64)
 
 
+def _name(item: Any) -> str:
+    return f" {item}" if isinstance(item, (str, os.PathLike)) else ""
+
+
 @torch.inference_mode()
 def iter_propagate(
     model: FeatureExtractor,
@@ -252,8 +256,8 @@ def iter_propagate(
     labels = read_annotation(first_annotation)
     if labels.shape != size:
         raise ValueError(
-            f"the first annotation is {labels.shape[1]}x{labels.shape[0]} (W x H) but the first "
-            f"frame is {size[1]}x{size[0]}"
+            f"the first annotation{_name(first_annotation)} is {labels.shape[1]}x{labels.shape[0]} "
+            f"(W x H) but the first frame{_name(frames[0])} is {size[1]}x{size[0]}"
         )
     yield labels
     first_tokens, grid = _patch_tokens(model, first.to(model.device, model.dtype))
@@ -359,5 +363,17 @@ def davis_videos(
                     else " (needed to score J&F; --no-eval segments without scoring)"
                 )
             )
+        for frame, annotation in zip(frames, wanted, strict=False):
+            _check_same_size(frame, annotation)
         videos.append(DavisVideo(name, frames, annotations))
     return videos
+
+
+def _check_same_size(frame: Path, annotation: Path) -> None:
+    """Header reads only: a mask whose size differs from its frame's is refused, naming both."""
+    with Image.open(frame) as image, Image.open(annotation) as mask:
+        if image.size != mask.size:
+            raise ValueError(
+                f"{annotation} is {mask.size[0]}x{mask.size[1]} but its frame {frame.name} is "
+                f"{image.size[0]}x{image.size[1]}"
+            )
