@@ -15,7 +15,7 @@ from PIL import Image
 import dinofeat
 from dinofeat.cli import main
 from dinofeat.evaluation.features import extract_features
-from dinofeat.evaluation.retrieval import retrieval_transform, revisited_map
+from dinofeat.evaluation.retrieval import RetrievalTransform, revisited_map
 from tests.seg_helpers import make_shapes_split
 
 COMMON = ["--workers", "0", "--no-progress"]
@@ -86,7 +86,7 @@ def test_retrieval_end_to_end_and_cached(tiny_model, tmp_path):
             [jpg / f"{s}.jpg" for s in stems],
             batch_size=1,
             num_workers=0,
-            transform=retrieval_transform(48),
+            transform=RetrievalTransform(48),
             progress=False,
         )
 

@@ -43,10 +43,12 @@ def model_identity(source: str) -> Any:
     return [str(path.resolve())] + [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
-def _common_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
+def _common_options(parser: argparse.ArgumentParser, batch_size: int | None) -> None:
+    """Model, workers, cache, progress and JSON options; ``--batch-size`` unless fixed (``None``)."""
     add_model_options(parser)
     add_workers_option(parser)
-    parser.add_argument("--batch-size", type=int, default=batch_size, help="images per forward pass")
+    if batch_size is not None:
+        parser.add_argument("--batch-size", type=int, default=batch_size, help="images per forward pass")
     parser.add_argument(
         "--cache",
         default=str(DEFAULT_CACHE),
@@ -80,7 +82,7 @@ class _Features:
     def __call__(self, name: str, files: Sequence[Path], **extraction: Any) -> np.ndarray | None:
         key = cache_key(**self.settings, name=name, files=[str(f) for f in files])
         cache = None if self.args.no_cache else self.args.cache
-        extraction.setdefault("batch_size", self.args.batch_size)
+        extraction.setdefault("batch_size", getattr(self.args, "batch_size", 1))
         return cached_features(
             self.model,
             list(files),
@@ -103,7 +105,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
     features = _Features(args, "retrieval", imsize=args.imsize, multiscale=args.multiscale)
     fn = rt.multiscale_fn(features.model) if args.multiscale else None
     # One image per batch, as the official script: the thumbnails keep their aspect ratio.
-    common = {"feature_fn": fn, "transform": rt.retrieval_transform(args.imsize), "batch_size": 1}
+    common = {"feature_fn": fn, "transform": rt.RetrievalTransform(args.imsize), "batch_size": 1}
     db = features(f"{args.dataset}-database", dataset.db_files, **common)
     queries = features(f"{args.dataset}-queries", dataset.query_files, **common)
     if db is None or queries is None:
@@ -140,7 +142,7 @@ def run_copydetect(args: argparse.Namespace) -> int:
     model = features.model
     common = {
         "feature_fn": lambda batch: cls_gem(model, batch),
-        "transform": cd.copy_detection_transform(args.imsize),
+        "transform": cd.CopyDetectionTransform(args.imsize),
     }
     parts = [features("copydays-original", originals, **common)]
     if distractors:
@@ -312,7 +314,7 @@ def add_parsers(subparsers: Any) -> None:
     )
     retrieval.add_argument("--multiscale", action="store_true", help="mean of scales 1, 1/sqrt(2), 1/2")
     retrieval.add_argument("--imsize", type=int, default=224, help="images shrunk to fit IMSIZE x IMSIZE")
-    _common_options(retrieval, batch_size=1)
+    _common_options(retrieval, batch_size=None)  # one image per batch: sizes differ
     retrieval.set_defaults(func=run_retrieval)
 
     copy = subparsers.add_parser("copydetect", help="Copydays copy detection (mAP per block)")

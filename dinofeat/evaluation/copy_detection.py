@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from dinofeat.config import PreprocessConfig
 from dinofeat.evaluation.descriptors import cls_gem
@@ -50,12 +51,18 @@ def descriptors(model: FeatureExtractor, images: Any, batch_size: int = 16) -> t
     return torch.cat(rows).float().cpu()
 
 
-def copy_detection_transform(imsize: int) -> Any:
+@dataclass(frozen=True)
+class CopyDetectionTransform:
     """PIL image -> model input of the official script: resize to ``imsize`` x ``imsize`` (bicubic,
-    aspect not kept), ImageNet normalisation."""
-    config = PreprocessConfig()
-    geometry = pil_geometry(config, (imsize, imsize))
-    return lambda image: to_normalized_tensor(geometry(image.convert("RGB")), config)
+    aspect not kept), ImageNet normalisation. A class so that DataLoader workers can receive it."""
+
+    imsize: int
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        config = PreprocessConfig()
+        return to_normalized_tensor(
+            pil_geometry(config, (self.imsize, self.imsize))(image.convert("RGB")), config
+        )
 
 
 # ------------------------------------------------------------------ whitening

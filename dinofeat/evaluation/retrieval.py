@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import functional as TF
 
-from dinofeat.config import IMAGENET_MEAN, IMAGENET_STD
+from dinofeat.config import PreprocessConfig
 from dinofeat.evaluation.neighbors import as_float_tensor
 from dinofeat.extractor import FeatureExtractor
 from dinofeat.inputs import iter_batches
+from dinofeat.preprocess import to_normalized_tensor
 
 DATASETS = ("roxford5k", "rparis6k")
 MULTISCALE_SCALES = (1.0, 1 / math.sqrt(2), 0.5)
@@ -145,19 +145,19 @@ def revisited_map(
 
 
 # ------------------------------------------------------------------ features
-def retrieval_transform(imsize: int | None) -> Any:
-    """PIL image -> model input of the official script: shrink to fit ``imsize`` (Lanczos, aspect
-    kept, never enlarged), ImageNet normalisation. ``None`` keeps the full image."""
+@dataclass(frozen=True)
+class RetrievalTransform:
+    """PIL image -> model input of the official script: shrink to fit ``imsize`` x ``imsize`` (Lanczos,
+    aspect kept, never enlarged), ImageNet normalisation; ``None`` keeps the full image. A class, not a
+    closure, so that DataLoader workers can receive it under any start method."""
 
-    def transform(image: Image.Image) -> torch.Tensor:
+    imsize: int | None
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
         image = image.convert("RGB")
-        if imsize is not None:
-            image.thumbnail((imsize, imsize), Image.Resampling.LANCZOS)
-        tensor = TF.to_dtype(TF.pil_to_tensor(image), torch.float32, scale=True)
-        normalised: torch.Tensor = TF.normalize(tensor, list(IMAGENET_MEAN), list(IMAGENET_STD))
-        return normalised
-
-    return transform
+        if self.imsize is not None:
+            image.thumbnail((self.imsize, self.imsize), Image.Resampling.LANCZOS)
+        return to_normalized_tensor(image, PreprocessConfig())  # ImageNet mean and std
 
 
 def multiscale_fn(extractor: FeatureExtractor) -> Any:
