@@ -1,4 +1,4 @@
-"""Copy detection on Copydays (DINO paper, Table 7), exact to the official ``eval_copy_detection.py``.
+"""Copy detection on Copydays (DINO paper, Table 4), exact to the official ``eval_copy_detection.py``.
 
 Images resized to ``imsize`` x ``imsize`` (bicubic, ImageNet normalisation); descriptor CLS ⊕
 GeM(p=4) of the last block's patch tokens; optionally centred and PCA-whitened (power 0.5) with

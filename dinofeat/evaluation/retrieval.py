@@ -1,4 +1,4 @@
-"""Image retrieval on revisited Oxford and Paris (DINO paper, Table 6), exact to the official protocol.
+"""Image retrieval on revisited Oxford and Paris (DINO paper, Table 3), exact to the official protocol.
 
 The official ``eval_image_retrieval.py``: every image shrunk to fit ``imsize`` x ``imsize``
 (``thumbnail``, Lanczos, aspect kept, no crop), ImageNet normalisation, the CLS feature (optionally
