@@ -305,6 +305,11 @@ def run_segprobe(args: argparse.Namespace) -> int:
 
 
 def add_parsers(subparsers: Any) -> None:
+    _add_search_parsers(subparsers)
+    _add_segmentation_parsers(subparsers)
+
+
+def _add_search_parsers(subparsers: Any) -> None:
     retrieval = subparsers.add_parser(
         "retrieval", help="revisited Oxford / Paris image retrieval (mAP M / H)"
     )
@@ -327,6 +332,8 @@ def add_parsers(subparsers: Any) -> None:
     _common_options(copy, batch_size=16)
     copy.set_defaults(func=run_copydetect)
 
+
+def _add_segmentation_parsers(subparsers: Any) -> None:
     davis = subparsers.add_parser(
         "davis", help="DAVIS-2017 video object segmentation by label propagation (J&F)"
     )
