@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -38,3 +39,13 @@ def make_image_folder(root: Path, classes: int = 3, per_class: int = 3, size: in
             pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(folder / f"img_{j}.png")
     return root
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: with tiny tensors, threads only add contention on a busy 2-core
+    machine (measured 100x slower under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -3,11 +3,37 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from dinofeat.atomic_write import write_text_atomically
+from dinofeat.extractor import FeatureExtractor
+from dinofeat.loading import load
+from dinofeat.registry import BUNDLED_MODEL
 
 SKIPPED_NAMES_SHOWN = 10
+DEFAULT_MODEL = BUNDLED_MODEL  # works offline: its weights ship in the package
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """``--model`` (default the bundled model), ``--arch`` and ``--device``; see :func:`load_model_option`."""
+    parser.add_argument("-m", "--model", "--weights", dest="model", default=DEFAULT_MODEL,
+                        help="zoo name, hf-hub:org/repo[@rev], a model folder or a weights file "
+                             f"(default {DEFAULT_MODEL})")
+    parser.add_argument("--arch", help="architecture of a bare weights file: a zoo name")
+    parser.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+
+
+def load_model_option(args: argparse.Namespace) -> FeatureExtractor:
+    return load(args.model, arch=args.arch, device=args.device)
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    """Write ``payload`` as indented JSON, atomically."""
+    write_text_atomically(path, json.dumps(payload, indent=2) + "\n")
 
 
 def add_skip_unreadable_option(parser: argparse.ArgumentParser) -> None:

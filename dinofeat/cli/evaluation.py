@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,8 +10,8 @@ from typing import Any
 import torch
 
 import dinofeat
-from dinofeat.atomic_write import write_text_atomically
 from dinofeat.cli.common import add_skip_unreadable_option, add_workers_option, report_skipped
+from dinofeat.cli.common import write_json as _write_json
 from dinofeat.errors import ImageReadError
 from dinofeat.evaluation.contact_sheet import contact_sheet
 from dinofeat.evaluation.dedup import check_threshold, duplicate_groups
@@ -62,10 +61,6 @@ def load_model(source: str, random_init: bool = False, device: str | None = None
     if random_init:
         torch.manual_seed(RANDOM_INIT_SEED)
     return dinofeat.load(source, pretrained=not random_init, device=device)
-
-
-def _write_json(path: str, payload: Any) -> None:
-    write_text_atomically(path, json.dumps(payload, indent=2) + "\n")
 
 
 # ------------------------------------------------------------------ knn / linear

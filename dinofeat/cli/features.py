@@ -9,27 +9,22 @@ from typing import Any
 
 import numpy as np
 
-from dinofeat.cli.common import add_skip_unreadable_option, add_workers_option, report_skipped
+from dinofeat.cli.common import (
+    add_model_options,
+    add_skip_unreadable_option,
+    add_workers_option,
+    load_model_option,
+    report_skipped,
+)
 from dinofeat.errors import ImageReadError
 from dinofeat.evaluation.features import drop_unreadable, extract_features
-from dinofeat.extractor import FeatureExtractor
 from dinofeat.feature_files import check_feature_path, save_features
 from dinofeat.figures import attention_grid, save_figure
 from dinofeat.inputs import list_image_files, open_image
-from dinofeat.loading import load
 from dinofeat.preprocess import Size, pil_geometry, to_normalized_tensor
-from dinofeat.registry import BUNDLED_MODEL, list_models
+from dinofeat.registry import list_models
 
-DEFAULT_MODEL = BUNDLED_MODEL  # works offline: its weights ship in the package
 MAX_ATTENTION_ROWS = 32
-
-
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-m", "--model", "--weights", dest="model", default=DEFAULT_MODEL,
-                        help="zoo name, hf-hub:org/repo[@rev], a model folder or a weights file "
-                             f"(default {DEFAULT_MODEL})")
-    parser.add_argument("--arch", help="architecture of a bare weights file: a zoo name")
-    parser.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -42,7 +37,7 @@ def add_parsers(subparsers: Any) -> None:
     embed.add_argument("--batch-size", type=int, default=64)
     embed.add_argument("--size", type=int, nargs="+", metavar="PX",
                        help="crop size S (keeps the resize ratio) or H W (resize, no crop); default 224 crop")
-    _add_model_options(embed)
+    add_model_options(embed)
     add_workers_option(embed)
     add_skip_unreadable_option(embed)
     embed.set_defaults(func=run_embed)
@@ -52,7 +47,7 @@ def add_parsers(subparsers: Any) -> None:
     attention.add_argument("-o", "--output", required=True, help="figure file (.png, .pdf, .svg)")
     attention.add_argument("--size", type=int, nargs=2, default=[480, 480], metavar=("H", "W"))
     attention.add_argument("--threshold", type=float, default=0.6, help="attention mass kept by the masks")
-    _add_model_options(attention)
+    add_model_options(attention)
     attention.set_defaults(func=run_attention)
 
 
@@ -66,10 +61,6 @@ def _size(values: list[int] | None) -> Size | None:
     if len(values) == 2:
         return (values[0], values[1])
     raise ValueError(f"--size takes one value (crop) or two (H W), got {len(values)}")
-
-
-def _load(args: argparse.Namespace) -> FeatureExtractor:
-    return load(args.model, arch=args.arch, device=args.device)
 
 
 def run_models(args: argparse.Namespace) -> int:
@@ -96,7 +87,7 @@ def run_embed(args: argparse.Namespace) -> int:
     check_feature_path(args.output)  # before any work, not after it
     files = _image_files(args.paths)
     size = _size(args.size)
-    model = _load(args)
+    model = load_model_option(args)
     features = extract_features(model, files, batch_size=args.batch_size, num_workers=args.workers, size=size,
                                 skip_unreadable=args.skip_unreadable)
     assert features is not None  # single process
@@ -114,7 +105,7 @@ def run_attention(args: argparse.Namespace) -> int:
     files = _image_files(args.paths)
     if len(files) > MAX_ATTENTION_ROWS:  # a row per image: beyond this the figure is unreadable
         raise ValueError(f"the attention figure takes at most {MAX_ATTENTION_ROWS} images, got {len(files)}")
-    model = _load(args)
+    model = load_model_option(args)
     size = (args.size[0], args.size[1])
     rows = []
     for file in files:

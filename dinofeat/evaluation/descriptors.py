@@ -8,6 +8,7 @@ import torch
 
 from dinofeat.evaluation.features import BatchFeatures
 from dinofeat.extractor import FeatureExtractor
+from dinofeat.models import DinoVisionTransformer
 
 DescriptorKind = Literal["cls", "cls+gem"]
 DESCRIPTOR_KINDS: tuple[str, ...] = ("cls", "cls+gem")
@@ -22,6 +23,16 @@ def gem_pool(patch_tokens: torch.Tensor, power: float = GEM_POWER) -> torch.Tens
         torch.Size([2, 3])
     """
     return patch_tokens.clamp(min=1e-6).pow(power).mean(dim=1).pow(1.0 / power)
+
+
+def cls_gem(extractor: FeatureExtractor, batch: torch.Tensor) -> torch.Tensor:
+    """CLS ⊕ GeM(p=4) of the final-normed last-block patch tokens of a preprocessed batch, not
+    normalised: the official ``eval_copy_detection.py`` descriptor (one forward pass for a ViT)."""
+    if isinstance(extractor.backbone, DinoVisionTransformer):
+        out = extractor.backbone.forward_tokens(batch.to(extractor.device, extractor.dtype))
+        return torch.cat([out.cls, gem_pool(out.patches)], dim=1).float()
+    tokens = extractor.patch_tokens(batch, flatten=True, batch_size=batch.shape[0], progress=False)
+    return torch.cat([extractor(batch), gem_pool(tokens)], dim=1)
 
 
 def descriptor_fn(extractor: FeatureExtractor, kind: str = "cls") -> BatchFeatures:
@@ -40,11 +51,7 @@ def descriptor_fn(extractor: FeatureExtractor, kind: str = "cls") -> BatchFeatur
         raise ValueError(f"unknown descriptor kind {kind!r}; choose from {list(DESCRIPTOR_KINDS)}")
 
     def compute(batch: torch.Tensor) -> torch.Tensor:
-        if kind == "cls":
-            features = extractor(batch)
-        else:
-            tokens = extractor.patch_tokens(batch, flatten=True, batch_size=batch.shape[0], progress=False)
-            features = torch.cat([extractor(batch), gem_pool(tokens)], dim=1)
+        features = extractor(batch) if kind == "cls" else cls_gem(extractor, batch)
         return torch.nn.functional.normalize(features.float(), dim=1)
 
     return compute

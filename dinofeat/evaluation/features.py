@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,8 @@ from dinofeat.preprocess import Size, preprocess_pil
 FEATURES_FORMAT = "dinofeat-features"
 FEATURES_VERSION = 1
 BatchFeatures = Callable[[torch.Tensor], torch.Tensor]
+#: A PIL image -> its (3, H, W) model input, for protocols with their own preprocessing.
+ImageTransform = Callable[[Image.Image], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -82,21 +84,28 @@ class PreprocessedImages(Dataset[tuple[torch.Tensor, str]]):
     the decision to stop or to skip is taken once, in the main process, with a one-line message.
     """
 
-    def __init__(self, files: Sequence[Path], preprocess: PreprocessConfig, size: Size | None = None) -> None:
+    def __init__(self, files: Sequence[Path], preprocess: PreprocessConfig, size: Size | None = None,
+                 transform: ImageTransform | None = None) -> None:
         self.files = list(files)
         self.preprocess = preprocess
         self.size = size
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.files)
 
+    def _prepare(self, image: Image.Image) -> torch.Tensor:
+        if self.transform is not None:
+            return self.transform(image)
+        return preprocess_pil(image, self.preprocess, self.size)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
         try:
-            return preprocess_pil(open_image(self.files[index]), self.preprocess, self.size), ""
+            return self._prepare(open_image(self.files[index])), ""
         except ImageReadError as error:
-            # Every evaluation transform has a fixed output size, so the blank stand-in fits the batch.
-            blank = Image.new("RGB", (256, 256))
-            return preprocess_pil(blank, self.preprocess, self.size), str(error)
+            # Every evaluation transform has a fixed output size (or batches hold one image), so the
+            # blank stand-in fits the batch.
+            return self._prepare(Image.new("RGB", (256, 256))), str(error)
 
 
 def default_num_workers() -> int:
@@ -105,9 +114,43 @@ def default_num_workers() -> int:
 
 
 @torch.inference_mode()
+def feature_batches(extractor: FeatureExtractor, files: Sequence[Path], *,
+                    feature_fn: BatchFeatures | None = None, batch_size: int = 64,
+                    num_workers: int | None = None, size: Size | None = None,
+                    transform: ImageTransform | None = None, progress: bool = True,
+                    skip_unreadable: bool = False) -> Iterator[torch.Tensor]:
+    """This process's shard of the features of ``files`` (see :func:`shard_indices`), batch by batch.
+
+    The one extraction loop of dinofeat: :func:`extract_features` gathers its batches in memory,
+    :func:`dinofeat.evaluation.feature_cache.stream_features` streams them to disk. Arguments as
+    :func:`extract_features`.
+    """
+    if not files:
+        raise ValueError("no image files to extract features from")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    compute = feature_fn if feature_fn is not None else extractor
+    rank, world = rank_and_world()
+    dataset = PreprocessedImages(files, extractor.preprocess, size, transform)
+    shard = Subset(dataset, shard_indices(len(files), rank, world))
+    workers = default_num_workers() if num_workers is None else num_workers
+    loader = DataLoader(shard, batch_size=batch_size, num_workers=workers, shuffle=False,
+                        pin_memory=extractor.device.type == "cuda")
+    bar = tqdm(loader, desc=f"features ({extractor.name or 'model'})", unit="batch",
+               disable=not progress or rank != 0)
+    for batch, errors in bar:
+        unreadable = torch.tensor([bool(message) for message in errors])
+        if unreadable.any() and not skip_unreadable:
+            raise ImageReadError(next(message for message in errors if message))
+        features = compute(batch.to(extractor.device, extractor.dtype)).float().cpu()
+        features[unreadable] = float("nan")
+        yield features
+
+
 def extract_features(extractor: FeatureExtractor, files: Sequence[Path], *,
                      feature_fn: BatchFeatures | None = None, batch_size: int = 64,
-                     num_workers: int | None = None, size: Size | None = None, progress: bool = True,
+                     num_workers: int | None = None, size: Size | None = None,
+                     transform: ImageTransform | None = None, progress: bool = True,
                      skip_unreadable: bool = False) -> torch.Tensor | None:
     """Features of ``files`` (float32, CPU), sharded over torchrun processes and gathered on rank 0.
 
@@ -119,6 +162,8 @@ def extract_features(extractor: FeatureExtractor, files: Sequence[Path], *,
         batch_size: Images per forward pass (per process).
         num_workers: DataLoader workers decoding images (default :func:`default_num_workers`).
         size: Optional crop size / (H, W), as in :meth:`FeatureExtractor.embed`.
+        transform: PIL image -> model input, replacing the model's preprocessing (and ``size``);
+            with inputs of varying sizes, use ``batch_size=1``.
         progress: Show a progress bar (on rank 0).
         skip_unreadable: Give an unreadable image a row of NaN (see :func:`drop_unreadable`) instead
             of stopping.
@@ -129,27 +174,9 @@ def extract_features(extractor: FeatureExtractor, files: Sequence[Path], *,
     Raises:
         ImageReadError: an image cannot be read and ``skip_unreadable`` is false; the message names it.
     """
-    if not files:
-        raise ValueError("no image files to extract features from")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    compute = feature_fn if feature_fn is not None else extractor
-    rank, world = rank_and_world()
-    dataset = PreprocessedImages(files, extractor.preprocess, size)
-    shard = Subset(dataset, shard_indices(len(files), rank, world))
-    workers = default_num_workers() if num_workers is None else num_workers
-    loader = DataLoader(shard, batch_size=batch_size, num_workers=workers, shuffle=False,
-                        pin_memory=extractor.device.type == "cuda")
-    bar = tqdm(loader, desc=f"features ({extractor.name or 'model'})", unit="batch",
-               disable=not progress or rank != 0)
-    parts = []
-    for batch, errors in bar:
-        unreadable = torch.tensor([bool(message) for message in errors])
-        if unreadable.any() and not skip_unreadable:
-            raise ImageReadError(next(message for message in errors if message))
-        features = compute(batch.to(extractor.device, extractor.dtype)).float().cpu()
-        features[unreadable] = float("nan")
-        parts.append(features)
+    parts = list(feature_batches(extractor, files, feature_fn=feature_fn, batch_size=batch_size,
+                                 num_workers=num_workers, size=size, transform=transform, progress=progress,
+                                 skip_unreadable=skip_unreadable))
     return gather_in_order(torch.cat(parts), len(files))
 
 

@@ -20,6 +20,13 @@ def l2_normalize(features: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(features.detach().float().cpu(), dim=1, p=2)
 
 
+def as_float_tensor(features: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """A float32 CPU tensor of features given as a tensor, an array or a (read-only) memory map (copied)."""
+    if isinstance(features, torch.Tensor):
+        return features.detach().float().cpu()
+    return torch.from_numpy(np.array(features, dtype=np.float32))
+
+
 def _as_faiss_array(features: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(features.detach().float().cpu().numpy(), dtype=np.float32)
 
