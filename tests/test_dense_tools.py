@@ -134,7 +134,7 @@ def test_upsampling_keeps_constants_and_ramps_and_nearest_repeats():
 # ------------------------------------------------------------------ geometry of points
 def test_dense_size_keeps_the_aspect_in_whole_patches():
     assert dense_size(640, 480, 224, 16) == (224, 304)
-    assert dense_size(300, 600, 100, 16) == (192, 96)  # 200 x 100 px, rounded to whole patches
+    assert dense_size(300, 600, 100, 16) == (208, 96)  # 200 x 100 px, rounded to whole patches
     assert dense_size(10, 10, (40, 70), 16) == (48, 64)
     assert dense_size(10, 10, 3, 16) == (16, 16)  # never less than one patch
     with pytest.raises(ValueError, match="size must be positive"):

@@ -15,10 +15,13 @@ import torch
 import torch.nn.functional as F
 
 DEFAULT_ITERATIONS = 50
+#: faiss seeds k-means with random tokens; of several runs it keeps the one with the lowest error.
+DEFAULT_RESTARTS = 5
 
 
 def cluster_patches(tokens: torch.Tensor | Sequence[torch.Tensor], k: int, *, seed: int = 0,
-                    iterations: int = DEFAULT_ITERATIONS) -> list[torch.Tensor]:
+                    iterations: int = DEFAULT_ITERATIONS, restarts: int = DEFAULT_RESTARTS
+                    ) -> list[torch.Tensor]:
     """Cluster all patch tokens jointly into ``k`` parts.
 
     Args:
@@ -27,6 +30,7 @@ def cluster_patches(tokens: torch.Tensor | Sequence[torch.Tensor], k: int, *, se
         k: Number of clusters, 1 to the total number of patches.
         seed: Seed of the k-means initialisation (same seed, same tokens: same labels).
         iterations: k-means iterations.
+        restarts: Independent initialisations; the best clustering is kept.
 
     Returns:
         One int64 label map per input, shaped like it without D; cluster 0 is the largest
@@ -34,7 +38,7 @@ def cluster_patches(tokens: torch.Tensor | Sequence[torch.Tensor], k: int, *, se
 
     Example:
         >>> one, other = torch.ones(8), -torch.ones(8)
-        >>> tokens = torch.stack([one, one, one, other])[:, None].expand(4, 4, 8)[None]  # (1, 4 rows, 4 cols, 8)
+        >>> tokens = torch.stack([one, one, one, other])[:, None].expand(4, 4, 8)[None]  # 4 x 4 grid
         >>> cluster_patches(tokens + 0.01 * torch.randn(1, 4, 4, 8), 2)[0][0, :, 0].tolist()
         [0, 0, 0, 1]
     """
@@ -48,7 +52,7 @@ def cluster_patches(tokens: torch.Tensor | Sequence[torch.Tensor], k: int, *, se
     if not 1 <= k <= total:
         raise ValueError(f"k must be between 1 and the number of patches ({total}), got {k}")
     data = np.ascontiguousarray(F.normalize(rows, dim=-1).cpu().numpy(), dtype=np.float32)
-    kmeans = faiss.Kmeans(data.shape[1], k, niter=iterations, seed=seed, verbose=False,
+    kmeans = faiss.Kmeans(data.shape[1], k, niter=iterations, seed=seed, nredo=restarts, verbose=False,
                           min_points_per_centroid=1, max_points_per_centroid=max(total, 256))
     kmeans.train(data)
     _, assigned = kmeans.index.search(data, 1)

@@ -47,7 +47,7 @@ def dense_size(width: int, height: int, size: Size, patch_size: int) -> tuple[in
         if len(size) != 2 or min(size) <= 0:
             raise ValueError(f"size must be a positive S or (H, W), got {size}")
         target = (float(size[0]), float(size[1]))
-    rounded = (max(1, round(side / patch_size)) * patch_size for side in target)
+    rounded = (max(1, int(side / patch_size + 0.5)) * patch_size for side in target)
     out_h, out_w = rounded
     return out_h, out_w
 
