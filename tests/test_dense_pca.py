@@ -108,7 +108,7 @@ NO_PATCH = torch.zeros(1, 2, 2, dtype=torch.bool)
         (lambda: fit_pca(GRID, n_components=5), "between 1 and the token dimension 4"),
         (lambda: fit_pca(GRID, mask=NO_PATCH), r"is the mask empty\?"),
         (lambda: fit_pca(GRID, mask=NO_PATCH[0]), "mask #0 must be bool"),
-        (lambda: fit_pca(torch.randn(2, 3, 4)), "tokens #0 must be"),
+        (lambda: fit_pca(torch.randn(2, 3, 4, 5, 6)), "tokens #0 must be"),
         (lambda: fit_pca([]), "empty list"),
         (lambda: fit_pca([torch.randn(4, 3), ROWS]), "differ in dimension"),
         (lambda: fit_pca(ROWS, n_components=2).to_rgb(ROWS), "at least 3 components"),

@@ -94,8 +94,9 @@ def _flatten(tokens: TokenInput, mask: MaskInput) -> torch.Tensor:
             raise ValueError(f"{len(masks)} masks for {len(parts)} token tensors")
     rows = []
     for index, (part, keep) in enumerate(zip(parts, masks, strict=True)):
-        if part.ndim not in (2, 4):
-            raise ValueError(f"tokens #{index} must be (N, h, w, D) or (M, D), got {tuple(part.shape)}")
+        if part.ndim not in (2, 3, 4):
+            raise ValueError(f"tokens #{index} must be (N, h, w, D), (h, w, D) or (M, D), "
+                             f"got {tuple(part.shape)}")
         if keep is not None:
             if keep.dtype != torch.bool or keep.shape != part.shape[:-1]:
                 raise ValueError(f"mask #{index} must be bool of shape {tuple(part.shape[:-1])}, got "
@@ -112,7 +113,8 @@ def fit_pca(tokens: TokenInput, n_components: int = 3, mask: MaskInput = None, *
     """Fit one PCA on the (masked) tokens of one or several images.
 
     Args:
-        tokens: (N, h, w, D) patch tokens, a list of such (grids may differ), or (M, D) rows.
+        tokens: (N, h, w, D) patch tokens, a list of such or of (h, w, D) maps (grids may differ),
+            or (M, D) rows.
         n_components: k, at most D and at most the number of fitted tokens.
         mask: Optional bool foreground in the shape of ``tokens`` without D (a list for a list);
             only the tokens it keeps are fitted.

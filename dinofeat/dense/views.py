@@ -10,8 +10,10 @@ patch size.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,8 +23,13 @@ from dinofeat.config import PreprocessConfig
 from dinofeat.inputs import open_image
 from dinofeat.preprocess import Size, pil_geometry, to_normalized_tensor
 
+if TYPE_CHECKING:
+    from dinofeat.extractor import FeatureExtractor
+
 #: Shorter side, in pixels, that the dense tools resize images to by default.
 DEFAULT_DENSE_SIZE = 224
+#: Pixels per output cell of a CNN backbone (its last stage), which has no patch size.
+CNN_OUTPUT_STRIDE = 32
 
 
 def dense_size(width: int, height: int, size: Size, patch_size: int) -> tuple[int, int]:
@@ -117,3 +124,27 @@ def prepare_view(image: str | os.PathLike[str] | Image.Image, config: Preprocess
     height, width = dense_size(pil.width, pil.height, size, patch_size)
     picture = np.asarray(pil_geometry(config, (height, width))(pil))
     return PatchView(label, (pil.width, pil.height), picture, patch_size)
+
+
+def token_stride(model: FeatureExtractor) -> int:
+    """Pixels per patch-token side: the ViT's patch size, or a CNN's output stride."""
+    return model.patch_size or CNN_OUTPUT_STRIDE
+
+
+def view_features(model: FeatureExtractor, views: Sequence[PatchView],
+                  outputs: Sequence[str] = ("patches",)) -> list[dict[str, torch.Tensor]]:
+    """The requested outputs of each view (one forward pass per view, as their sizes differ).
+
+    Returns:
+        Per view, name -> tensor without the batch dimension, e.g. ``patches`` (h, w, D) and
+        ``attention`` (heads, h, w).
+    """
+    results = []
+    for view in views:
+        out = model.features(view.tensor(model.preprocess), outputs=tuple(outputs), progress=False)
+        first = {name: value[:, 0] if name == "layers" else value[0] for name, value in out.items()}
+        if "patches" in first and tuple(first["patches"].shape[:2]) != view.grid:
+            raise RuntimeError(f"{view.name}: the model gave a {tuple(first['patches'].shape[:2])} grid, "
+                               f"not the expected {view.grid}")
+        results.append(first)
+    return results
