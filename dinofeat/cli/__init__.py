@@ -7,10 +7,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from dinofeat.cli import dense, evaluation, features
+from dinofeat.cli import demo, dense, evaluation, features
 from dinofeat.errors import ImageReadError
 
-_GROUPS = [features, evaluation, dense]
+_GROUPS = [features, evaluation, dense, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
