@@ -200,3 +200,27 @@ def test_a_model_loads_in_the_background_with_progress_then_answers() -> None:
 def test_model_slot_offers_the_start_model_first() -> None:
     slot = ModelSlot("mine", lambda name: dinofeat.load(TINY_VIT, device="cpu"))
     assert slot.choices()[0] == "mine" and slot.active()[0] == "mine"
+
+
+def test_a_cnn_has_pca_and_similarity_but_no_attention() -> None:
+    app = create_app(DemoSettings(model="resnet50", samples=SAMPLES),
+                     loader=lambda name: dinofeat.load(name, pretrained=False, device="cpu"))
+    with DemoServer(app, port=0) as running:
+        _, result = call(f"{running.url}/api/analyse?sample=cat.jpg", b"")
+        assert result["attention"] is None and "CNN" in result["attention_note"]
+        rows, cols = result["grid"]
+        assert pixels(result["pca"]).shape == (rows * 32, cols * 32, 3)
+        query = {"image_id": result["image_id"], "x": 0, "y": 0}
+        _, clicked = post_json(f"{running.url}/api/similarity", query)
+        assert clicked["patch"] == [0, 0]
+
+
+def test_cli_refuses_a_bad_port_and_a_taken_one(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--port", "70000"]) == 2
+    assert "--port must be in [0, 65535], got 70000" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert main(["demo", "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err

@@ -39,20 +39,25 @@ def run_demo(args: argparse.Namespace) -> int:
         raise ValueError(f"--size must be at least 16 pixels, got {args.size}")
     try:
         from dinofeat.demo import DemoServer, DemoSettings, create_app
+        from dinofeat.demo.server import bind
     except ImportError as error:
         raise RuntimeError(f"the demo needs the [demo] extra ({error.name} is missing): "
                            "pip install 'dinofeat[demo]'") from None
+    try:
+        sock = bind(args.host, args.port)  # a taken port fails before the model loads
+    except OSError as error:
+        raise RuntimeError(str(error)) from None
     samples = Path(args.samples) if args.samples else None
     if samples is None and CHECKOUT_SAMPLES.is_dir():
         samples = CHECKOUT_SAMPLES
     settings = DemoSettings(model=args.model, index=Path(args.index) if args.index else None,
                             samples=samples, device=args.device, size=args.size)
     print(f"loading {args.model} ...", file=sys.stderr)
-    app = create_app(settings)
     try:
-        server = DemoServer(app, args.host, args.port, log_level="info")
-    except OSError as error:
-        raise RuntimeError(str(error)) from None
+        server = DemoServer(create_app(settings), args.host, log_level="info", sock=sock)
+    except BaseException:
+        sock.close()
+        raise
     print(f"dinofeat demo: open {server.url} (Ctrl-C stops it)", file=sys.stderr)
     server.serve_forever()
     return 0

@@ -25,7 +25,7 @@ from dinofeat.masks import upsample_to_pixels
 
 #: Attention mass kept by the masks, as in the DINO paper's figures.
 MASK_THRESHOLD = 0.6
-ATTENTION_DPI = 60
+ATTENTION_DPI = 80
 SIMILARITY_COLOURMAP = "inferno"
 
 

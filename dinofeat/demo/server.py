@@ -34,16 +34,23 @@ def bind(host: str, port: int) -> socket.socket:
 class DemoServer:
     """uvicorn serving an app on a bound socket: :meth:`serve_forever`, or a thread as a context manager.
 
+    Args:
+        app: The ASGI app.
+        host: Address to listen on.
+        port: Port (0: a free one, see :attr:`port`).
+        log_level: uvicorn's.
+        sock: An already bound socket (from :func:`bind`) instead of ``host:port``.
+
     Example:
         >>> with DemoServer(create_app(), port=0) as server:  # doctest: +SKIP
         ...     urllib.request.urlopen(server.url + "/api/state")
     """
 
-    def __init__(self, app: Starlette, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
-                 ) -> None:
+    def __init__(self, app: Starlette, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+                 sock: socket.socket | None = None) -> None:
         import uvicorn
 
-        self.socket = bind(host, port)
+        self.socket = sock if sock is not None else bind(host, port)
         self.host = host
         self.port = int(self.socket.getsockname()[1])
         self._server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="off"))
