@@ -37,11 +37,14 @@ from dinofeat.demo.rendering import Analysis, analyse, attention_png, pca_png, p
 from dinofeat.demo.uploads import MAX_UPLOAD_BYTES, UploadError, decode_upload
 from dinofeat.dense.views import DEFAULT_DENSE_SIZE
 from dinofeat.errors import ImageReadError
+from dinofeat.extractor import FeatureExtractor
 from dinofeat.inputs import IMAGE_SUFFIXES, open_image
 from dinofeat.registry import BUNDLED_MODEL
 
 STATIC = Path(__file__).with_name("static")
 KEPT_IMAGES = 16
+#: ... and at most this many pixels together (~600 MB as RGB), the oldest dropped first.
+KEPT_PIXELS = 200_000_000
 
 
 @dataclass(frozen=True)
@@ -90,29 +93,32 @@ class _Demo:
     def keep(self, name: str, image: Image.Image) -> str:
         image_id = uuid.uuid4().hex
         self.images[image_id] = _StoredImage(name, image)
-        while len(self.images) > KEPT_IMAGES:
+        while len(self.images) > 1 and (len(self.images) > KEPT_IMAGES or self._pixels() > KEPT_PIXELS):
             self.images.popitem(last=False)
         return image_id
+
+    def _pixels(self) -> int:
+        return sum(kept.image.width * kept.image.height for kept in self.images.values())
 
     def stored(self, image_id: str) -> _StoredImage:
         if image_id not in self.images:
             raise _Refusal(f"image {image_id!r} is not (or no longer) held by the demo; pick it again", 404)
         return self.images[image_id]
 
-    def analysis(self, stored: _StoredImage) -> tuple[str, Analysis]:
+    def analysis(self, stored: _StoredImage) -> tuple[str, FeatureExtractor, Analysis]:
+        """The active model and what it sees in ``stored`` (computed once per model)."""
         name, model = self.models.active()
         if name not in stored.analyses:
             stored.analyses[name] = analyse(model, stored.image, stored.name, self.settings.size)
-        return name, stored.analyses[name]
+        return name, model, stored.analyses[name]
 
     def analyse_json(self, image_id: str) -> dict[str, Any]:
         stored = self.stored(image_id)
         with self.compute:
-            model_name, found = self.analysis(stored)
+            model_name, model, found = self.analysis(stored)
             attention = attention_png(found)
             neighbours = None
             if self.index is not None:
-                _, model = self.models.active()
                 result = self.index.search(model_name, model, stored.image)
                 neighbours = {"hits": result.hits, "message": result.message}
             pca = pca_png(found)
@@ -127,7 +133,7 @@ class _Demo:
     def similarity_json(self, image_id: str, x: float, y: float) -> dict[str, Any]:
         stored = self.stored(image_id)
         with self.compute:
-            model_name, found = self.analysis(stored)
+            model_name, _, found = self.analysis(stored)
             try:
                 picture, (row, col) = similarity_png(found, x, y)
             except ValueError as error:

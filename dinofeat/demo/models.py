@@ -39,7 +39,7 @@ class ModelStatus:
 
 
 class ModelSlot:
-    """Loaded models by name, one of them active.
+    """Loaded models by name, one of them active; only the start model and the active one are held.
 
     Args:
         first: Name of the model loaded (synchronously) at start.
@@ -108,5 +108,6 @@ class ModelSlot:
                                            f"could not load {name}: {type(error).__name__}: {error}")
             return
         with self._lock:
-            self._models[name] = model
+            # Hold the start model and the active one only: zoo models reach gigabytes.
+            self._models = {self._first: self._models[self._first], name: model}
             self._status = ModelStatus(name, "ready", name, f"{name} ready")
