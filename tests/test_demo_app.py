@@ -224,3 +224,14 @@ def test_cli_refuses_a_bad_port_and_a_taken_one(capsys: pytest.CaptureFixture[st
         port = taken.getsockname()[1]
         assert main(["demo", "--port", str(port)]) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_only_the_last_images_are_kept(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dinofeat.demo.app as demo_app
+
+    monkeypatch.setattr(demo_app, "KEPT_IMAGES", 2)
+    ids = [call(f"{server}/api/analyse?sample={name}", b"")[1]["image_id"]
+           for name in ("cat.jpg", "rocket.jpg", "coffee.jpg")]
+    status, body = post_json(f"{server}/api/similarity", {"image_id": ids[0], "x": 1, "y": 1})
+    assert status == 404 and "no longer" in body["error"]
+    assert post_json(f"{server}/api/similarity", {"image_id": ids[2], "x": 1, "y": 1})[0] == 200

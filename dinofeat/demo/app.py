@@ -89,21 +89,25 @@ class _Demo:
         self.samples = _sample_files(settings.samples)
         self.images: OrderedDict[str, _StoredImage] = OrderedDict()
         self.compute = threading.Lock()
+        self._keeping = threading.Lock()
 
     def keep(self, name: str, image: Image.Image) -> str:
         image_id = uuid.uuid4().hex
-        self.images[image_id] = _StoredImage(name, image)
-        while len(self.images) > 1 and (len(self.images) > KEPT_IMAGES or self._pixels() > KEPT_PIXELS):
-            self.images.popitem(last=False)
+        with self._keeping:
+            self.images[image_id] = _StoredImage(name, image)
+            while len(self.images) > 1 and (len(self.images) > KEPT_IMAGES or self._pixels() > KEPT_PIXELS):
+                self.images.popitem(last=False)
         return image_id
 
     def _pixels(self) -> int:
         return sum(kept.image.width * kept.image.height for kept in self.images.values())
 
     def stored(self, image_id: str) -> _StoredImage:
-        if image_id not in self.images:
+        with self._keeping:
+            found = self.images.get(image_id)
+        if found is None:
             raise _Refusal(f"image {image_id!r} is not (or no longer) held by the demo; pick it again", 404)
-        return self.images[image_id]
+        return found
 
     def analysis(self, stored: _StoredImage) -> tuple[str, FeatureExtractor, Analysis]:
         """The active model and what it sees in ``stored`` (computed once per model)."""
