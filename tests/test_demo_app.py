@@ -235,3 +235,8 @@ def test_only_the_last_images_are_kept(server: str, monkeypatch: pytest.MonkeyPa
     status, body = post_json(f"{server}/api/similarity", {"image_id": ids[0], "x": 1, "y": 1})
     assert status == 404 and "no longer" in body["error"]
     assert post_json(f"{server}/api/similarity", {"image_id": ids[2], "x": 1, "y": 1})[0] == 200
+
+
+def test_cli_refuses_a_missing_index(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--port", "0", "--index", str(tmp_path / "none.index")]) == 2
+    assert f"no dinofeat index in {tmp_path / 'none.index'}" in capsys.readouterr().err

@@ -84,9 +84,10 @@ class _Demo:
 
     def __init__(self, settings: DemoSettings, loader: Loader) -> None:
         self.settings = settings
-        self.models = ModelSlot(settings.model, loader)
+        # A missing index or sample folder fails before the (slower) model load.
         self.index = IndexSearch(settings.index) if settings.index is not None else None
         self.samples = _sample_files(settings.samples)
+        self.models = ModelSlot(settings.model, loader)
         self.images: OrderedDict[str, _StoredImage] = OrderedDict()
         self.compute = threading.Lock()
         self._keeping = threading.Lock()
