@@ -20,10 +20,10 @@ PANEL_INCHES = 2.6
 OVERLAY_ALPHA = 0.6
 
 
-def _panels(rows: int, cols: int, aspect: float) -> tuple[Any, np.ndarray]:
+def _panels(rows: int, cols: int, aspect: float, inches: float = PANEL_INCHES) -> tuple[Any, np.ndarray]:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(PANEL_INCHES * cols * aspect, PANEL_INCHES * rows + 0.3), layout="constrained")
+    fig = Figure(figsize=(inches * cols * aspect, inches * rows + 0.3), layout="constrained")
     axes = np.asarray(fig.subplots(rows, cols, squeeze=False))
     for axis in axes.flat:
         axis.set_axis_off()
@@ -119,7 +119,7 @@ def match_figure(picture_a: np.ndarray, picture_b: np.ndarray, points_a: np.ndar
     canvas = np.zeros((height, picture_a.shape[1] + picture_b.shape[1], 3), np.uint8)
     canvas[: picture_a.shape[0], : picture_a.shape[1]] = picture_a
     canvas[: picture_b.shape[0], picture_a.shape[1]:] = picture_b
-    fig, axes = _panels(1, 1, canvas.shape[1] / canvas.shape[0])
+    fig, axes = _panels(1, 1, canvas.shape[1] / canvas.shape[0], inches=2 * PANEL_INCHES)
     axis = axes[0, 0]
     axis.imshow(canvas)
     from matplotlib import colormaps

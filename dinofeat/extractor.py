@@ -76,8 +76,6 @@ class FeatureExtractor(nn.Module):
     # ------------------------------------------------------------------ internals
     def _batches(self, images: Any, size: Size | None, batch_size: int, progress: bool | None
                  ) -> Iterator[torch.Tensor]:
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
         total = count_images(images)
         n_batches = -(-total // batch_size)
         show = progress if progress is not None else n_batches >= PROGRESS_MIN_BATCHES
@@ -150,7 +148,8 @@ class FeatureExtractor(nn.Module):
         """:meth:`features` batch by batch, for inputs too large to hold their outputs in memory.
 
         Images are decoded only as their batch comes up, so a folder of any size runs in the
-        memory of one batch. The request is checked at once, before the first batch.
+        memory of one batch (plus its list of file names). The request is checked at once, before
+        the first batch.
 
         Yields:
             A :class:`~dinofeat.feature_outputs.FeatureBatch` per batch: its row indices, the file

@@ -112,7 +112,7 @@ def _to_pil(item: Any, index: int) -> Image.Image:
 
 def count_images(images: Any) -> int:
     if isinstance(images, torch.Tensor) and images.is_floating_point():
-        return int(images.shape[0])
+        return 1 if images.ndim == 3 else int(images.shape[0])  # one preprocessed (3, H, W) image
     return len(_expand(images))
 
 

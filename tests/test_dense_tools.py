@@ -8,12 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
+import dinofeat
 from dinofeat.config import PreprocessConfig
 from dinofeat.dense.correspondences import grid_positions, mutual_nearest_neighbours
 from dinofeat.dense.segmentation import cluster_patches
 from dinofeat.dense.similarity import point_similarity, similarity_maps
 from dinofeat.dense.upsample import upsample_maps, upsample_tokens
-from dinofeat.dense.views import PatchView, dense_size, prepare_view
+from dinofeat.dense.views import PatchView, dense_size, prepare_view, token_stride, view_features
 
 
 # ------------------------------------------------------------------ similarity
@@ -159,3 +160,13 @@ def test_prepare_view_resizes_a_file_whole(tmp_path):
     assert view.original_size == (50, 30) and view.picture.shape == (24, 40, 3)
     assert view.name == str(tmp_path / "a.png")
     assert view.tensor(PreprocessConfig()).shape == (1, 3, 24, 40)
+
+
+def test_views_of_a_cnn_use_its_output_stride_as_the_patch():
+    model = dinofeat.load("resnet50", pretrained=False, device="cpu")
+    assert token_stride(model) == 32
+    picture = Image.fromarray(np.zeros((40, 60, 3), np.uint8))  # -> 64 x 96 px
+    view = prepare_view(picture, model.preprocess, token_stride(model), size=64)
+    assert view.picture.shape == (64, 96, 3) and view.grid == (2, 3)
+    (out,) = view_features(model, [view], ("cls", "patches"))
+    assert out["patches"].shape == (2, 3, 2048) and out["cls"].shape == (2048,)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dinofeat.cli.features import DEFAULT_MODEL
+from dinofeat.cli.common import DEFAULT_MODEL
 from dinofeat.dense.views import DEFAULT_DENSE_SIZE
 
 DEFAULT_PORT = 7860

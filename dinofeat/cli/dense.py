@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from dinofeat.cli.features import _add_model_options, _image_files, _load
+from dinofeat.cli.common import add_model_options, load_model_option
+from dinofeat.cli.features import _image_files
 from dinofeat.dense.correspondences import grid_positions, mutual_nearest_neighbours
 from dinofeat.dense.pca import MASK_METHODS, fit_pca, foreground_mask
 from dinofeat.dense.segmentation import cluster_patches
@@ -69,7 +70,7 @@ def _add_images(parser: argparse.ArgumentParser, name: str, many: bool = True) -
     parser.add_argument("--size", type=int, nargs="+", metavar="PX", default=[DEFAULT_DENSE_SIZE],
                         help="shorter side S, aspect kept (default %(default)s), or H W; the whole image "
                              "is resized (no crop), to whole patches")
-    _add_model_options(parser)
+    add_model_options(parser)
 
 
 def _dense_size(values: list[int]) -> Size:
@@ -97,7 +98,7 @@ def _written(out: Path, what: str) -> int:
 def run_pca(args: argparse.Namespace) -> int:
     files = _files(args.images)
     size = _dense_size(args.size)
-    model = _load(args)
+    model = load_model_option(args)
     views = _views(model, files, size)
     outputs = ("patches", "attention") if args.mask == "attention" else ("patches",)
     per_view = view_features(model, views, outputs)
@@ -124,7 +125,7 @@ def run_similarity(args: argparse.Namespace) -> int:
     if len(files) > MAX_FIGURE_IMAGES:
         raise ValueError(f"the figure takes at most {MAX_FIGURE_IMAGES} images, got {len(files)}")
     size = _dense_size(args.size)
-    model = _load(args)
+    model = load_model_option(args)
     views = _views(model, files, size)
     patches = [view["patches"] for view in view_features(model, views)]
     cells = [views[0].patch_of(x, y) for x, y in args.point]  # a point outside the image raises here
@@ -141,7 +142,7 @@ def run_match(args: argparse.Namespace) -> int:
         raise ValueError(f"--top must be >= 1, got {args.top}")
     files = _image_files([args.image_a, args.image_b])
     size = _dense_size(args.size)
-    model = _load(args)
+    model = load_model_option(args)
     views = _views(model, files, size)
     a, b = (view["patches"] for view in view_features(model, views))
     matches = mutual_nearest_neighbours(a, b)
@@ -167,7 +168,7 @@ def run_segment(args: argparse.Namespace) -> int:
         raise ValueError(f"--k must be >= 1, got {args.k}")
     files = _files(args.images)
     size = _dense_size(args.size)
-    model = _load(args)
+    model = load_model_option(args)
     views = _views(model, files, size)
     patches = [view["patches"] for view in view_features(model, views)]
     total = sum(view.grid[0] * view.grid[1] for view in views)

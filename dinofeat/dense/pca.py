@@ -2,10 +2,10 @@
 
 One :class:`PCAProjection` is fitted on the patch tokens of one or several images (or video
 frames) and then applied to any of them, so that the same colour means the same direction in
-feature space everywhere. The fit diagonalises the D x D covariance in float64 with
-``torch.linalg.eigh``: on 2 CPU cores this measured 2-3x faster than ``faiss.PCAMatrix`` for the
-usual sizes (12 ms against 27 ms for 3,136 tokens of 192 dims; 46 against 163 ms for 384 dims)
-and it is exact, unlike a randomised low-rank SVD.
+feature space everywhere. The fit forms the D x D covariance in float32 and diagonalises it in
+float64 with ``torch.linalg.eigh``: exact (unlike a randomised low-rank SVD), on the tokens' own
+device, and on 2 CPU cores as fast as or faster than ``faiss.PCAMatrix`` at the sizes the dense
+tools meet (``bench/bench_dense.py``; figures in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -138,18 +138,19 @@ def fit_pca(tokens: TokenInput, n_components: int = 3, mask: MaskInput = None, *
                          "(is the mask empty?)")
     if not 0.0 <= clip_percentile < 50.0:
         raise ValueError(f"clip_percentile must be in [0, 50), got {clip_percentile}")
-    mean = rows.double().mean(dim=0)
-    centred = rows.double() - mean
-    # eigh returns ascending eigenvalues: the last k columns, reversed, are the strongest.
-    eigenvalues, eigenvectors = torch.linalg.eigh(centred.T @ centred / (count - 1))
+    mean = rows.double().mean(dim=0).float()
+    centred = rows - mean
+    # The O(M D^2) product in float32 (fast), the small D x D eigenproblem in float64 (exact);
+    # eigh returns ascending eigenvalues, so the last k columns, reversed, are the strongest.
+    covariance = (centred.T @ centred).double() / (count - 1)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
     components = eigenvectors[:, -n_components:].flip(-1).T
     largest = components.abs().argmax(dim=1, keepdim=True)
-    components = components * components.gather(1, largest).sign()
-    projections = (centred @ components.T).float()
+    components = (components * components.gather(1, largest).sign()).float()
+    projections = centred @ components.T
     quantiles = torch.tensor([clip_percentile / 100, 1 - clip_percentile / 100], device=rows.device)
     low, high = torch.quantile(projections, quantiles, dim=0)
-    return PCAProjection(mean.float(), components.float(), eigenvalues[-n_components:].flip(0).float(),
-                         low, high)
+    return PCAProjection(mean, components, eigenvalues[-n_components:].flip(0).float(), low, high)
 
 
 def _border(grid: tuple[int, int], device: torch.device) -> torch.Tensor:

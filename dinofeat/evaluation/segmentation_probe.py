@@ -162,6 +162,8 @@ def patch_feature_fn(extractor: FeatureExtractor, n_last_blocks: int) -> BatchFe
         layers = extractor.intermediate_layers(
             batch, n=n_last_blocks, batch_size=batch.shape[0], progress=False
         )
+        if isinstance(layers, list):
+            raise TypeError("the segmentation probe needs a ViT (its layers share one patch grid)")
         grid = extractor.backbone.config.patch_size  # type: ignore[union-attr]
         h, w = batch.shape[2] // grid, batch.shape[3] // grid
         patches = layers[:, :, -h * w :]  # drop CLS and registers
