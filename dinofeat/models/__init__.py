@@ -9,21 +9,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from dinofeat.config import ArchConfig, ResNetConfig, ViTConfig
+from dinofeat.config import ArchConfig, DinoV3Config, ResNetConfig, ViTConfig
+from dinofeat.models.dinov3_vit import DinoV3VisionTransformer
 from dinofeat.models.resnet import DinoResNet
 from dinofeat.models.tokens import TokenBackbone, TokenOutput
 from dinofeat.models.vit import DinoVisionTransformer
 
-__all__ = ["BUILDERS", "Backbone", "DinoResNet", "DinoVisionTransformer", "TokenBackbone", "TokenOutput",
-           "build_backbone"]
+__all__ = ["BUILDERS", "Backbone", "DinoResNet", "DinoV3VisionTransformer", "DinoVisionTransformer",
+           "TokenBackbone", "TokenOutput", "build_backbone"]
 
 #: What :func:`build_backbone` returns.
-Backbone = DinoVisionTransformer | DinoResNet
+Backbone = DinoVisionTransformer | DinoResNet | DinoV3VisionTransformer
 
 #: Config class -> backbone class: the one place a new family is plugged in.
 BUILDERS: dict[type, Callable[[Any], Backbone]] = {
     ViTConfig: DinoVisionTransformer,
     ResNetConfig: DinoResNet,
+    DinoV3Config: DinoV3VisionTransformer,
 }
 
 
