@@ -185,15 +185,17 @@ class DinoV3Config:
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"DinoV3Config.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+                raise ValueError(f"DinoV3Config.{name} must be one of {list(allowed)}, "
+                                 f"got {getattr(self, name)!r}")
         if not isinstance(self.n_storage_tokens, int) or self.n_storage_tokens < 0:
             raise ValueError(f"DinoV3Config.n_storage_tokens must be >= 0, got {self.n_storage_tokens!r}")
         periods = (self.pos_embed_rope_min_period, self.pos_embed_rope_max_period)
         by_range = self.pos_embed_rope_base is None and all(p is not None for p in periods)
         by_base = self.pos_embed_rope_base is not None and all(p is None for p in periods)
         if not (by_range or by_base):
-            raise ValueError("DinoV3Config: give either pos_embed_rope_base or both pos_embed_rope_min_period "
-                             f"and pos_embed_rope_max_period, got base={self.pos_embed_rope_base}, "
+            raise ValueError("DinoV3Config: give either pos_embed_rope_base or both "
+                             "pos_embed_rope_min_period and pos_embed_rope_max_period, "
+                             f"got base={self.pos_embed_rope_base}, "
                              f"min/max={periods}")
 
     @property

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from dinofeat import convert
-from dinofeat.config import ArchConfig, ModelSpec, PreprocessConfig, ResNetConfig, ViTConfig, arch_from_dict
+from dinofeat import convert, convert_dinov3
+from dinofeat.config import ArchConfig, DinoV3Config, ModelSpec, PreprocessConfig, ViTConfig, arch_from_dict
 from dinofeat.devices import auto_device, require_device
 from dinofeat.download import hf_file, package_folder, url_file
 from dinofeat.extractor import FeatureExtractor
@@ -38,11 +38,11 @@ HF_HUB_PREFIX = "hf-hub:"
 
 
 def _as_arch(arch: ArchLike) -> ArchConfig:
-    if isinstance(arch, (ViTConfig, ResNetConfig)):
-        return arch
     if isinstance(arch, str):
         return get_spec(arch).arch
-    return arch_from_dict(dict(arch))
+    if isinstance(arch, dict):
+        return arch_from_dict(dict(arch))
+    return arch
 
 
 def _finish(backbone: Backbone, preprocess: PreprocessConfig, name: str | None,
@@ -59,6 +59,8 @@ def _to_backbone_keys(state: dict[str, torch.Tensor], arch: ArchConfig) -> dict[
     """Official / timm key layouts -> the backbone's (a no-op for files already in timm layout)."""
     if isinstance(arch, ViTConfig):
         return convert.dinov2_official_to_timm(state, arch)
+    if isinstance(arch, DinoV3Config):
+        return convert_dinov3.to_official(state, arch)
     return convert.resnet_official_to_timm(state)
 
 
@@ -89,13 +91,17 @@ def _from_folder_files(config: dict[str, Any], weights: Path, origin: str
     if is_dinofeat_config(config):
         hub_config = HubConfig.from_dict(config, origin=f"{origin}/{CONFIG_FILE}")
         return _build_strict(hub_config.arch, state, origin), hub_config.preprocess, hub_config.name
+    if config.get("model_type") == "dinov3_vit":
+        v3_arch = convert_dinov3.dinov3_config_from_transformers(config)
+        return (_build_strict(v3_arch, convert_dinov3.transformers_to_official(state, v3_arch), origin),
+                PreprocessConfig(), None)
     if "model_type" in config:
         arch = convert.vit_config_from_transformers(config, state)
         timm_state = convert.transformers_to_timm(state, arch)
         return _build_strict(arch, timm_state, origin), PreprocessConfig(), None
     raise ValueError(
         f"{origin}/{CONFIG_FILE} is neither a dinofeat config (format 'dinofeat') nor an HF transformers "
-        "config (model_type vit / dinov2)"
+        "config (model_type vit / dinov2 / dinov2_with_registers / dinov3_vit)"
     )
 
 
@@ -187,7 +193,7 @@ def load(
         >>> model.embed_dim
         384
     """
-    if isinstance(source, (ViTConfig, ResNetConfig, dict)):
+    if not isinstance(source, (str, os.PathLike)):  # an architecture: random initialisation
         if arch is not None:
             raise ValueError(
                 "pass weights as `source` and the architecture as `arch`, not both as architectures")

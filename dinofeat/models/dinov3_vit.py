@@ -57,7 +57,7 @@ class MaskedBiasLinear(nn.Linear):
 
 
 class SwiGLU(nn.Module):
-    """``w3(silu(w1 x) * w2 x)`` with the official hidden width: 2/3 of ``hidden``, rounded up to ``align``."""
+    """``w3(silu(w1 x) * w2 x)``, official hidden width: 2/3 of ``hidden`` rounded up to ``align``."""
 
     def __init__(self, dim: int, hidden: int, align: int, bias: bool) -> None:
         super().__init__()
@@ -68,7 +68,8 @@ class SwiGLU(nn.Module):
         self.w3 = nn.Linear(width, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w3(F.silu(self.w1(x)) * self.w2(x))
+        out: torch.Tensor = self.w3(F.silu(self.w1(x)) * self.w2(x))
+        return out
 
 
 class LayerScale(nn.Module):
@@ -139,7 +140,8 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).permute(0, 2, 3, 1)
+        out: torch.Tensor = self.proj(x)
+        return out.permute(0, 2, 3, 1)
 
 
 class DinoV3VisionTransformer(nn.Module):
@@ -201,7 +203,8 @@ class DinoV3VisionTransformer(nn.Module):
         check_images(x, self.config.in_chans)
         patch = self.config.patch_size
         if x.shape[2] < patch or x.shape[3] < patch:
-            raise ValueError(f"image of {x.shape[2]}x{x.shape[3]} px is smaller than one {patch}x{patch} patch")
+            raise ValueError(f"image of {x.shape[2]}x{x.shape[3]} px is smaller than one "
+                             f"{patch}x{patch} patch")
         patches = self.patch_embed(x)
         batch, h, w, dim = patches.shape
         cls = self.cls_token + 0 * self.mask_token  # as the official forward without masks
@@ -213,7 +216,8 @@ class DinoV3VisionTransformer(nn.Module):
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
         """The eval-mode final norm(s): ``cls_norm`` for CLS + storage when untied, ``norm`` otherwise."""
         if self.cls_norm is None:
-            return self.norm(x)
+            normed: torch.Tensor = self.norm(x)
+            return normed
         prefix = self.num_prefix_tokens
         return torch.cat([self.cls_norm(x[:, :prefix]), self.norm(x[:, prefix:])], dim=1)
 

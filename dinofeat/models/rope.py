@@ -133,7 +133,7 @@ class RopeEmbedding(nn.Module):
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> RopeEmbedding:
         # Device moves apply; dtype casts do not: the periods stay the values the weights gave.
         before = self.periods
-        super()._apply(fn, recurse)
+        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
         after = self.periods
         if after.dtype != before.dtype:
             kept = after.to(before.dtype) if before.is_meta or after.is_meta else before.to(after.device)
@@ -150,4 +150,5 @@ class RopeEmbedding(nn.Module):
     def for_grid(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(sin, cos) of the ordinary ``h x w`` patch grid."""
         centres_y, centres_x = grid_centres(h, w, device=self.periods.device, dtype=self.periods.dtype)
-        return self(centres_y, centres_x, (h, w))
+        tables: tuple[torch.Tensor, torch.Tensor] = self(centres_y, centres_x, (h, w))
+        return tables
