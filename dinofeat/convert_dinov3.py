@@ -140,7 +140,13 @@ def transformers_to_official(state: Mapping[str, torch.Tensor], arch: DinoV3Conf
 
 
 def to_official(state: Mapping[str, torch.Tensor], arch: DinoV3Config) -> StateDict:
-    """Any supported DINOv3 ViT layout (official, timm, transformers) -> the official keys."""
+    """Any supported DINOv3 ViT layout (official, timm, transformers) -> the official keys.
+
+    A file with a learned position table (``pos_embed``: DINO / DINOv2) is returned as it is,
+    so that strict loading names what does not fit instead of this function filling it in.
+    """
+    if any(key.endswith("pos_embed") or "position_embeddings" in key for key in state):
+        return dict(state)
     layout = layout_of(state)
     if layout == "timm":
         return timm_to_official(state, arch)

@@ -18,6 +18,7 @@ from dinofeat import convert, convert_dinov3
 from dinofeat.config import ArchConfig, DinoV3Config, ModelSpec, PreprocessConfig, ViTConfig, arch_from_dict
 from dinofeat.devices import auto_device, require_device
 from dinofeat.download import hf_file, package_folder, url_file
+from dinofeat.errors import WeightsMismatchError
 from dinofeat.extractor import FeatureExtractor
 from dinofeat.hub_format import (
     CONFIG_FILE,
@@ -64,9 +65,26 @@ def _to_backbone_keys(state: dict[str, torch.Tensor], arch: ArchConfig) -> dict[
     return convert.resnet_official_to_timm(state)
 
 
+def _family_hint(arch: ArchConfig, state: dict[str, torch.Tensor]) -> str:
+    """Why a file may not fit: a DINOv3 file given a DINO / DINOv2 architecture, or the reverse."""
+    v3_file = "rope_embed.periods" in state or "storage_tokens" in state
+    v2_file = "pos_embed" in state
+    if v3_file and not isinstance(arch, DinoV3Config):
+        return " (the file holds RoPE periods / storage tokens: a DINOv3 file; pass a dinov3 arch)"
+    if v2_file and isinstance(arch, DinoV3Config):
+        return " (the file holds a learned pos_embed: a DINO / DINOv2 file, not DINOv3)"
+    return ""
+
+
 def _build_strict(arch: ArchConfig, state: dict[str, torch.Tensor], origin: str) -> Backbone:
     backbone = build_backbone(arch)
-    load_state_dict_strict(backbone, state, origin)
+    try:
+        load_state_dict_strict(backbone, state, origin)
+    except WeightsMismatchError as error:
+        hint = _family_hint(arch, state)
+        if not hint:
+            raise
+        raise WeightsMismatchError(f"{error}{hint}") from None
     return backbone
 
 
