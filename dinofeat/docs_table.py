@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from dinofeat.config import ModelSpec, ViTConfig
+from dinofeat.config import DinoV3Config, ModelSpec, ViTConfig
 from dinofeat.hub_entrypoints import entrypoint_name
 from dinofeat.registry import list_models
 
@@ -32,6 +32,9 @@ def _source(spec: ModelSpec) -> str:
 
 def _arch(spec: ModelSpec) -> str:
     arch = spec.arch
+    if isinstance(arch, DinoV3Config):
+        storage = f", {arch.n_storage_tokens} storage" if arch.n_storage_tokens else ""
+        return f"RoPE ViT /{arch.patch_size}, depth {arch.depth}, {arch.num_heads} heads{storage}"
     if not isinstance(arch, ViTConfig):
         return "ResNet-50"
     registers = f", {arch.num_register_tokens} reg" if arch.num_register_tokens else ""

@@ -18,14 +18,15 @@ from dinofeat.registry import ZOO
 
 def entrypoint_name(model_name: str) -> str:
     """The official hub name of a zoo model: ``vit_s16`` -> ``dino_vits16``, ``resnet50`` ->
-    ``dino_resnet50``; DINOv2 names are already official, and dinofeat's own bundled model keeps
-    its zoo name.
+    ``dino_resnet50``; DINOv2 and DINOv3 names are already official (``dinov3_vitb16``; the
+    satellite models keep their zoo names, ``dinov3_vitl16_sat``), and dinofeat's own bundled
+    model keeps its zoo name.
 
     Example:
         >>> entrypoint_name("vit_b8"), entrypoint_name("dinov2_vitl14_reg")
         ('dino_vitb8', 'dinov2_vitl14_reg')
     """
-    if model_name.startswith("dinov2_") or ZOO[model_name].source.package_path:
+    if model_name.startswith(("dinov2_", "dinov3_")) or ZOO[model_name].source.package_path:
         return model_name
     return "dino_" + model_name.replace("_", "")
 
