@@ -167,6 +167,10 @@ def dinov3_config_from_transformers(config: Mapping[str, Any]) -> DinoV3Config:
     dim = int(config["hidden_size"])
     hidden = int(config["intermediate_size"])
     gated = bool(config.get("use_gated_mlp", False))
+    activation = config.get("hidden_act", "silu" if gated else "gelu")
+    if activation != ("silu" if gated else "gelu"):  # the official FFNs: SwiGLU, or an exact-GELU MLP
+        raise ValueError(f"unsupported hidden_act {activation!r} for use_gated_mlp={gated} (DINOv3: "
+                         f"{'silu' if gated else 'gelu'})")
     ratio = hidden * 1.5 / dim if gated else hidden / dim
     arch = DinoV3Config(
         embed_dim=dim,

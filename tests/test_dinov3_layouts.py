@@ -139,7 +139,8 @@ def test_transformers_folder_loads_to_the_official_outputs(golden3, tmp_path, na
               "num_hidden_layers": arch.depth, "num_attention_heads": arch.num_heads, "patch_size": 16,
               "num_register_tokens": arch.n_storage_tokens, "use_gated_mlp": swiglu, "layerscale_value": 1e-5,
               "layer_norm_eps": 1e-5, "rope_theta": 100.0, "query_bias": arch.qkv_bias, "key_bias": False,
-              "value_bias": arch.qkv_bias, "pos_embed_rescale": 2.0}
+              "value_bias": arch.qkv_bias, "pos_embed_rescale": 2.0,
+              "hidden_act": "silu" if swiglu else "gelu"}
     (tmp_path / "config.json").write_text(json.dumps(config))
     save_file({k: v.contiguous() for k, v in official_to_transformers(reference_state, swiglu).items()},
               tmp_path / "model.safetensors")
@@ -172,3 +173,24 @@ def test_v2_weights_with_a_v3_arch_and_the_reverse_name_the_keys(golden3, tmp_pa
     message = str(info.value)
     assert "missing keys: pos_embed" in message and "rope_embed.periods" in message
     assert "a DINOv3 file; pass a dinov3 arch" in message
+
+
+@pytest.mark.parametrize("gated_mlp", [False, True])
+def test_real_transformers_dinov3_model_folder_matches_transformers(tmp_path, gated_mlp):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.DINOv3ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                          intermediate_size=256, num_register_tokens=4, layerscale_value=0.5,
+                                          use_gated_mlp=gated_mlp, hidden_act="silu" if gated_mlp else "gelu",
+                                          image_size=32)
+    hf_model = transformers.DINOv3ViTModel(config).eval()
+    with torch.no_grad():  # move every parameter off its initial value so that all of them matter
+        for param in hf_model.parameters():
+            param.add_(torch.randn_like(param) * 0.1)
+    hf_model.save_pretrained(tmp_path)
+    model = dinofeat.load(tmp_path, device="cpu")
+    x = torch.randn(2, 3, 48, 64)
+    with torch.no_grad():
+        hf_model.rope_embeddings.inv_freq.copy_(1 / released_periods(16))  # the periods dinofeat uses
+        expected = hf_model(pixel_values=x).last_hidden_state
+        ours = model.backbone.forward_tokens(x).tokens
+    assert (ours - expected).abs().max() <= TOL
