@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import timm
 import torch
+from timing import interleaved_medians
 
 import dinofeat
 from dinofeat.models.rope import released_periods
@@ -67,15 +66,7 @@ def main() -> None:
         "dinofeat embed": lambda: model.embed(ready, progress=False),
         "dinofeat cls_attention": lambda: model.cls_attention(ready, progress=False),
     }
-    for run in variants.values():  # warm-up
-        run()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.repeats):
-        for name, run in variants.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    median = {name: statistics.median(values) for name, values in times.items()}
+    median = interleaved_medians(variants, args.repeats)
 
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, timm "
           f"{timm.__version__}, {args.threads} threads, batch {args.batch} at {args.size} px, "

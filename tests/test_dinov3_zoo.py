@@ -8,8 +8,8 @@ import huggingface_hub.constants as hf_constants
 import pytest
 import torch
 from conftest import REPO_ROOT, shared_path
-from hub_server import serve
 from safetensors.torch import save
+from test_loading import online_hub  # noqa: F401  # a fixture
 
 import dinofeat
 from dinofeat import registry
@@ -97,20 +97,17 @@ def test_models_command_shows_the_licence(capsys):
 
 
 @pytest.fixture
-def online_hub(tmp_path, monkeypatch):
-    with serve() as hub:
-        monkeypatch.setenv("HF_ENDPOINT", hub.url)
-        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-        yield hub
+def gated_hub(request, tmp_path, monkeypatch):
+    """test_loading's loopback Hub, with no token from the environment or a token file."""
+    hub = request.getfixturevalue("online_hub")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    return hub
 
 
-def test_gated_repo_without_token_or_access_is_one_clear_error(online_hub, monkeypatch):
+def test_gated_repo_without_token_or_access_is_one_clear_error(gated_hub, monkeypatch):
     repo = dinofeat.get_spec("dinov3_vitb16").source.repo_id
-    online_hub.gate(repo)
+    gated_hub.gate(repo)
     with pytest.raises(dinofeat.GatedModelError) as info:
         dinofeat.load("dinov3_vitb16", device="cpu")
     message = str(info.value)
@@ -122,7 +119,7 @@ def test_gated_repo_without_token_or_access_is_one_clear_error(online_hub, monke
         dinofeat.load("dinov3_vitb16", device="cpu")
 
 
-def test_gated_timm_repo_with_access_loads_through_the_timm_layout(online_hub, monkeypatch):
+def test_gated_timm_repo_with_access_loads_through_the_timm_layout(gated_hub, monkeypatch):
     arch = arch_from_dict(TINY_V3)
     reference = build_backbone(arch).eval()
     official = reference.state_dict()
@@ -130,8 +127,8 @@ def test_gated_timm_repo_with_access_loads_through_the_timm_layout(online_hub, m
     timm_state = {k.replace("storage_tokens", "reg_token").replace("ls1.gamma", "gamma_1")
                   .replace("ls2.gamma", "gamma_2"): v.contiguous() for k, v in official.items()
                   if not k.endswith(dropped)}
-    online_hub.add("timm/tiny_dinov3.lvd1689m", "model.safetensors", save(timm_state))
-    online_hub.gate("timm/tiny_dinov3.lvd1689m", authorised_tokens=("hf_granted",))
+    gated_hub.add("timm/tiny_dinov3.lvd1689m", "model.safetensors", save(timm_state))
+    gated_hub.gate("timm/tiny_dinov3.lvd1689m", authorised_tokens=("hf_granted",))
     spec = ModelSpec(name="tiny_v3", arch=arch, source=HubSource(repo_id="timm/tiny_dinov3.lvd1689m"),
                      description="test", license=registry.DINOV3_LICENSE)
     monkeypatch.setitem(registry.ZOO, "tiny_v3", spec)
