@@ -4,7 +4,8 @@ A model folder (or Hub repository) holds:
 
 * ``config.json``: ``{"format": "dinofeat", "format_version": 1, "name": ..., "arch": {...},
   "preprocess": {...}, "metadata": {...}}``; ``arch`` is a
-  :class:`~dinofeat.config.ViTConfig` / :class:`~dinofeat.config.ResNetConfig` dict;
+  :class:`~dinofeat.config.ViTConfig` / :class:`~dinofeat.config.ResNetConfig` /
+  :class:`~dinofeat.config.DinoV3Config` dict;
 * ``model.safetensors``: the backbone's state dict with timm / official DINO key names;
 * ``README.md``: a model card.
 

@@ -164,8 +164,9 @@ def _load_file(path: Path, arch: ArchLike | None, checkpoint_key: str
                ) -> tuple[Backbone, PreprocessConfig, str | None]:
     if arch is None:
         raise ValueError(
-            f"{path} is a bare weights file: pass arch= (a zoo name such as 'vit_s16', a ViTConfig, "
-            "or a dict of ViT hyper-parameters: patch_size, embed_dim, depth, num_heads, ...)"
+            f"{path} is a bare weights file: pass arch= (a zoo name such as 'vit_s16' or 'dinov3_vitb16', "
+            "a ViTConfig / DinoV3Config, or a dict of hyper-parameters: patch_size, embed_dim, depth, "
+            "num_heads, ...; {'family': 'dinov3', ...} for DINOv3)"
         )
     config = _as_arch(arch)
     preprocess = get_spec(arch).preprocess if isinstance(arch, str) else PreprocessConfig()
@@ -189,9 +190,10 @@ def load(
             ``"hf-hub:org/repo[@revision]"`` (a dinofeat-format repository, or an HF transformers
             ViT / DINOv2 repository such as ``facebook/dino-vits16``); a local folder in either
             format; a bare weights file (``.safetensors``, official ``.pth`` state dict or full
-            training checkpoint); or an architecture (:class:`~dinofeat.config.ViTConfig` or a
-            dict of its fields) for a randomly initialised model.
-        arch: Architecture of a bare weights file: a zoo name, a ViTConfig or a dict.
+            training checkpoint; an official DINOv3 ``.pth``, or timm / HF DINOv3 weights); or an
+            architecture (:class:`~dinofeat.config.ViTConfig`, :class:`~dinofeat.config.DinoV3Config` or
+            a dict of its fields) for a randomly initialised model.
+        arch: Architecture of a bare weights file: a zoo name, a config or a dict.
         device: Defaults to cuda, then mps, then cpu.
         dtype: E.g. ``torch.bfloat16`` on a GPU; float32 by default. Outputs are float32 regardless.
         pretrained: With a zoo name, ``False`` builds the architecture without fetching weights.
@@ -204,6 +206,7 @@ def load(
         KeyError: unknown zoo name (with close matches).
         WeightsMismatchError: weights that do not fit the architecture (naming the keys).
         OfflineModelError: ``HF_HUB_OFFLINE=1`` and the weights are not cached.
+        GatedModelError: a gated Hub repository (DINOv3) refused the download (no token or no access).
 
     Example:
         >>> import dinofeat
