@@ -47,9 +47,10 @@ Weights and licence: the DINOv3 weights are under the **DINOv3 License** (not Ap
 the licence on the Hub repository page (the zoo loads the timm repositories, e.g.
 `timm/vit_base_patch16_dinov3.lvd1689m`) while logged in, then `hf auth login` or set `HF_TOKEN`; without
 access, `dinofeat.load` raises one `GatedModelError` naming the repository, the page and both ways to log
-in. The official `.pth` files come from the signed links Meta e-mails (the table's provenance URLs answer
-403 without them): `dinofeat.load("dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth", arch="dinov3_vitb16")`. HF
-transformers repos load too: `dinofeat.load("hf-hub:facebook/dinov3-vitb16-pretrain-lvd1689m")`. `torch.hub`
+in. The official `.pth` files come from the time-limited signed links Meta e-mails (their names are in
+each entry's `source.url`):
+`dinofeat.load("dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth", arch="dinov3_vitb16")`. HF transformers repos
+load too: `dinofeat.load("hf-hub:facebook/dinov3-vitb16-pretrain-lvd1689m")`. `torch.hub`
 names are the official ones (`dinov3_vitb16`, ...); the two satellite models keep their zoo names (the
 official hub selects them with a `weights=` argument).
 

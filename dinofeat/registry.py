@@ -140,7 +140,7 @@ def _dinov3_vit(arch_name: str, timm_name: str, weights: str, dim: int, depth: i
         ),
         source=HubSource(
             repo_id=f"timm/{timm_name}.{data}",
-            # Provenance: Meta e-mails signed links to this file (the bare URL answers 403).
+            # Provenance only: Meta e-mails time-limited signed links to this file.
             url=f"{_DINOV3_URL}/dinov3_{arch_name}/dinov3_{arch_name}_pretrain_{data}-{weights}.pth",
         ),
         description=(f"DINOv3 ViT-{arch_name[3:].replace('plus', '+').replace('16', '').upper()}/16, "
