@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+import torch
 from conftest import shared_path
 from eval_helpers import make_image_folder, save_tiny_model
 from test_dinov3_zoo import TINY_V3
@@ -13,6 +14,8 @@ from test_dinov3_zoo import TINY_V3
 import dinofeat
 from dinofeat.cli import main
 from dinofeat.feature_files import load_features
+from dinofeat.hub_format import HubConfig, save_pretrained
+from dinofeat.models import TokenBackbone
 
 COMMON = ["--workers", "0", "--no-progress", "--batch-size", "4", "--device", "cpu"]
 
@@ -27,10 +30,15 @@ def folder(tmp_path):
     return make_image_folder(tmp_path / "images", classes=2, per_class=3)
 
 
-def test_v3_folder_round_trips_with_its_architecture(v3_model):
+def test_v3_folder_round_trips_with_its_architecture(v3_model, tmp_path):
     model = dinofeat.load(v3_model, device="cpu")
     assert model.backbone.config.family == "dinov3" and model.name == "tiny-v3"
+    assert isinstance(model.backbone, TokenBackbone)
     assert json.loads((v3_model / "config.json").read_text())["arch"]["n_storage_tokens"] == 4
+    half = save_pretrained(model.backbone, tmp_path / "half", HubConfig(model.backbone.config),
+                           dtype=torch.float16)
+    periods = dinofeat.load(half, device="cpu").backbone.rope_embed.periods
+    assert torch.equal(periods, model.backbone.rope_embed.periods)  # float16 weights, float32 periods
 
 
 def test_embed_and_attention_commands(v3_model, folder, tmp_path, capsys):
