@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import timm
 import torch
+from timing import interleaved_medians
 
 import dinofeat
 from dinofeat.inputs import list_image_files, open_image
@@ -77,15 +76,7 @@ def main() -> None:
                                                                       for i in images]),
         "HF AutoImageProcessor + ViTModel, PIL images": _hf_pipeline(images, args.threads),
     }
-    for run in variants.values():  # warm-up
-        run()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.repeats):
-        for name, run in variants.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    median = {name: statistics.median(values) for name, values in times.items()}
+    median = interleaved_medians(variants, args.repeats)
 
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{args.threads} threads, batch {args.batch}, {args.repeats} repeats (median)")

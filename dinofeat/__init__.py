@@ -7,9 +7,10 @@ Example:
     384
 """
 
-from dinofeat.config import HubSource, ModelSpec, PreprocessConfig, ResNetConfig, ViTConfig
+from dinofeat.config import DinoV3Config, HubSource, ModelSpec, PreprocessConfig, ResNetConfig, ViTConfig
 from dinofeat.errors import (
     DinofeatError,
+    GatedModelError,
     HubUploadError,
     ImageReadError,
     OfflineModelError,
@@ -24,8 +25,10 @@ from dinofeat.registry import get_spec, list_models
 __version__ = "0.1.0"
 
 __all__ = [
+    "DinoV3Config",
     "DinofeatError",
     "FeatureExtractor",
+    "GatedModelError",
     "HubSource",
     "HubUploadError",
     "ImageReadError",

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from dinofeat.config import DinoV3ConvNeXtConfig, ModelSpec, ViTConfig
+from dinofeat.config import DinoV3Config, DinoV3ConvNeXtConfig, ModelSpec, ViTConfig
 from dinofeat.hub_entrypoints import entrypoint_name
 from dinofeat.registry import list_models
 
@@ -34,10 +34,61 @@ def _arch(spec: ModelSpec) -> str:
     arch = spec.arch
     if isinstance(arch, DinoV3ConvNeXtConfig):
         return f"ConvNeXt, depths {'-'.join(map(str, arch.depths))}"
+    if isinstance(arch, DinoV3Config):
+        storage = f", {arch.n_storage_tokens} storage" if arch.n_storage_tokens else ""
+        return f"RoPE ViT /{arch.patch_size}, depth {arch.depth}, {arch.num_heads} heads{storage}"
     if not isinstance(arch, ViTConfig):
         return "ResNet-50"
     registers = f", {arch.num_register_tokens} reg" if arch.num_register_tokens else ""
     return f"ViT /{arch.patch_size}, depth {arch.depth}, {arch.num_heads} heads{registers}"
+
+
+DINOV3_SECTION = """## DINOv3 ViTs
+
+Weights and licence: the DINOv3 weights are under the **DINOv3 License** (not Apache) and **gated**. Accept
+the licence on the Hub repository page (the zoo loads the timm repositories, e.g.
+`timm/vit_base_patch16_dinov3.lvd1689m`) while logged in, then `hf auth login` or set `HF_TOKEN`; without
+access, `dinofeat.load` raises one `GatedModelError` naming the repository, the page and both ways to log
+in. The official `.pth` files come from the time-limited signed links Meta e-mails (their names are in
+each entry's `source.url`):
+`dinofeat.load("dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth", arch="dinov3_vitb16")`. HF transformers repos
+load too: `dinofeat.load("hf-hub:facebook/dinov3-vitb16-pretrain-lvd1689m")`. `torch.hub`
+names are the official ones (`dinov3_vitb16`, ...); the two satellite models keep their zoo names (the
+official hub selects them with a `weights=` argument).
+
+Exactness: against the official code (`../shared/golden/dinov3`, four ViT goldens, four sizes each) every
+output (CLS, storage tokens, patch tokens, the last n intermediate layers through the final norm(s), the CLS
+attention over all keys) agrees within 4.3e-6 (tests/test_golden_dinov3.py).
+
+RoPE periods: taken from the weights file when it has them (the official `.pth` stores `rope_embed.periods`,
+a persistent buffer; dtype casts of the model leave it as loaded). timm and HF files have none; dinofeat
+then uses the values the released checkpoints hold, the float32 periods rounded to bfloat16
+(`dinofeat.models.rope.released_periods`; for 64-wide heads 1, 1.3359375, 1.78125, ..., 56.25, 75), which is
+what the official model computes with after loading a released `.pth`. The alternative, float32 periods
+(what timm and transformers recompute), measured on the golden `v3_mlp` (bf16 periods in its file, random
+weights far from the initialisation): max abs difference from the official outputs 1.6e-3 (CLS), 3.7e-3
+(storage tokens), 8.5e-4 (patch tokens and last-3 intermediates), 6.8e-4 (CLS attention) over the four
+sizes, against <= 2.1e-6 with the stored periods. (dinov3-facts reports 2e-5 to 7.8e-5 for a ViT-S with O(1)
+random weights.)
+
+Preprocessing: the official evaluation transform (`dinov3/data/transforms.py`: resize the shorter side to
+256, bicubic, centre crop 224), with the ImageNet mean / std for the LVD-1689M models and the satellite mean
+(0.430, 0.411, 0.296) / std (0.213, 0.156, 0.143) for the SAT-493M ones. (The official README's example
+resizes to 256 x 256 without a crop; HF's `DINOv3ViTImageProcessor` resizes to 224 x 224, bilinear. Pass
+`size=(H, W)` for either.)
+
+Forward details kept from the official eval-mode code: image sides that are not multiples of 16 are
+floor-cropped (the bottom / right remainder pixels are dropped by the stride-16 patch convolution; timm
+asserts instead); the qkv bias is `bias * bias_mask`; `local_cls_norm` (ViT-7B, ViT-L SAT) is a
+training-time norm and is never used (timm / HF files lack it: it is filled with an identity norm);
+`cls_attention` is the last block's CLS-query softmax over all keys, RoPE applied to the patch queries and
+keys, with the CLS and storage columns dropped and not renormalised (the storage tokens take attention
+mass).
+
+Published numbers: the k-NN / linear columns are empty for DINOv3 because no per-model ImageNet-1k k-NN and
+linear top-1 figures from the DINOv3 paper (arXiv:2508.10104) or model card could be checked here; parameter
+counts are those of the official builders (counted on the meta device).
+"""
 
 
 def models_table() -> str:
@@ -118,6 +169,7 @@ the official `dinov3/models/convnext.py` (the goldens in `../shared/golden/dinov
 def models_page() -> str:
     """The full ``docs/models.md`` page."""
     bundled = [bundled_section(spec) for spec in list_models() if spec.source.package_path]
+    bundled.append(DINOV3_SECTION)
     if any(isinstance(spec.arch, DinoV3ConvNeXtConfig) for spec in list_models()):
         bundled.append(CONVNEXT_SECTION)
     return (

@@ -15,9 +15,9 @@ from pathlib import Path
 import huggingface_hub
 import torch
 from huggingface_hub import constants as hf_constants
-from huggingface_hub.errors import LocalEntryNotFoundError
+from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError
 
-from dinofeat.errors import OfflineModelError
+from dinofeat.errors import GatedModelError, OfflineModelError
 from dinofeat.registry import ZOO
 
 _TRUE = {"1", "on", "yes", "true"}
@@ -45,6 +45,18 @@ def _offline_error(what: str, how: str) -> OfflineModelError:
     )
 
 
+def _gated_error(repo_id: str, error: GatedRepoError) -> GatedModelError:
+    status = error.response.status_code if error.response is not None else None
+    why = {401: "no Hugging Face token was sent",
+           403: "the token sent has no access to it yet"}.get(status or 0, f"HTTP {status}")
+    return GatedModelError(
+        f"Hub repository {repo_id} is gated and refused the download ({why}). Accept its licence (for "
+        f"DINOv3: the DINOv3 License) while logged in at https://huggingface.co/{repo_id}, wait for access "
+        "to be granted, then log in on this machine with `hf auth login` or set HF_TOKEN to a token of "
+        "that account."
+    )
+
+
 def hf_file(repo_id: str, filename: str, revision: str | None = None) -> Path:
     """Local path of ``filename`` from Hub repository ``repo_id`` at ``revision``, downloading if needed.
 
@@ -58,6 +70,7 @@ def hf_file(repo_id: str, filename: str, revision: str | None = None) -> Path:
 
     Raises:
         OfflineModelError: offline (``HF_HUB_OFFLINE``) and the file is not in the cache.
+        GatedModelError: the repository is gated and no token, or a token without access, was sent.
 
     Example:
         >>> hf_file("timm/vit_small_patch16_224.dino", "model.safetensors")  # doctest: +SKIP
@@ -73,6 +86,8 @@ def hf_file(repo_id: str, filename: str, revision: str | None = None) -> Path:
             endpoint=os.environ.get("HF_ENDPOINT") or None,
             local_files_only=offline,
         )
+    except GatedRepoError as error:
+        raise _gated_error(repo_id, error) from None
     except LocalEntryNotFoundError:
         if not offline:
             raise

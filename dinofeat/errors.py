@@ -25,3 +25,7 @@ class SetupError(DinofeatError, RuntimeError):
 
 class HubUploadError(DinofeatError, RuntimeError):
     """Uploading a model folder to the Hugging Face Hub failed (offline, no token, HTTP error)."""
+
+
+class GatedModelError(DinofeatError, RuntimeError):
+    """A gated Hub repository (e.g. the DINOv3 weights) refused the download: no token, or no access yet."""

@@ -18,8 +18,9 @@ from dinofeat.registry import ZOO
 
 def entrypoint_name(model_name: str) -> str:
     """The official hub name of a zoo model: ``vit_s16`` -> ``dino_vits16``, ``resnet50`` ->
-    ``dino_resnet50``; DINOv2 and DINOv3 names are already official, and dinofeat's own bundled model keeps
-    its zoo name.
+    ``dino_resnet50``; DINOv2 and DINOv3 names are already official (``dinov3_vitb16``; the
+    satellite models keep their zoo names, ``dinov3_vitl16_sat``), and dinofeat's own bundled
+    model keeps its zoo name.
 
     Example:
         >>> entrypoint_name("vit_b8"), entrypoint_name("dinov2_vitl14_reg")

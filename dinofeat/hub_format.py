@@ -4,7 +4,8 @@ A model folder (or Hub repository) holds:
 
 * ``config.json``: ``{"format": "dinofeat", "format_version": 1, "name": ..., "arch": {...},
   "preprocess": {...}, "metadata": {...}}``; ``arch`` is a
-  :class:`~dinofeat.config.ViTConfig` / :class:`~dinofeat.config.ResNetConfig` dict;
+  :class:`~dinofeat.config.ViTConfig` / :class:`~dinofeat.config.ResNetConfig` /
+  :class:`~dinofeat.config.DinoV3Config` dict;
 * ``model.safetensors``: the backbone's state dict with timm / official DINO key names;
 * ``README.md``: a model card.
 
@@ -107,7 +108,8 @@ def save_pretrained(
     state = {}
     for key, tensor in model.state_dict().items():
         tensor = tensor.detach().cpu()
-        if dtype is not None and tensor.is_floating_point():
+        # DINOv3's RoPE periods are data read from the weights, kept at their own precision.
+        if dtype is not None and tensor.is_floating_point() and not key.endswith("rope_embed.periods"):
             tensor = tensor.to(dtype)
         state[key] = tensor.contiguous().clone()
     replace_atomically(lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}), out / WEIGHTS_FILE)

@@ -14,18 +14,19 @@ from typing import Any
 
 import torch
 
-from dinofeat import convert, convert_convnext
+from dinofeat import convert, convert_convnext, convert_dinov3
 from dinofeat.config import (
     ArchConfig,
+    DinoV3Config,
     DinoV3ConvNeXtConfig,
     ModelSpec,
     PreprocessConfig,
-    ResNetConfig,
     ViTConfig,
     arch_from_dict,
 )
 from dinofeat.devices import auto_device, require_device
 from dinofeat.download import hf_file, package_folder, url_file
+from dinofeat.errors import WeightsMismatchError
 from dinofeat.extractor import FeatureExtractor
 from dinofeat.hub_format import (
     CONFIG_FILE,
@@ -43,15 +44,14 @@ Source = str | os.PathLike[str] | ArchConfig | dict[str, Any]
 ArchLike = ArchConfig | dict[str, Any] | str
 
 HF_HUB_PREFIX = "hf-hub:"
-_ARCH_CONFIGS = (ViTConfig, ResNetConfig, DinoV3ConvNeXtConfig)
 
 
 def _as_arch(arch: ArchLike) -> ArchConfig:
-    if isinstance(arch, _ARCH_CONFIGS):
-        return arch
     if isinstance(arch, str):
         return get_spec(arch).arch
-    return arch_from_dict(dict(arch))
+    if isinstance(arch, dict):
+        return arch_from_dict(dict(arch))
+    return arch
 
 
 def _finish(backbone: Backbone, preprocess: PreprocessConfig, name: str | None,
@@ -70,12 +70,31 @@ def _to_backbone_keys(state: dict[str, torch.Tensor], arch: ArchConfig) -> dict[
         return convert.dinov2_official_to_timm(state, arch)
     if isinstance(arch, DinoV3ConvNeXtConfig):
         return convert_convnext.to_official(state)
+    if isinstance(arch, DinoV3Config):
+        return convert_dinov3.to_official(state, arch)
     return convert.resnet_official_to_timm(state)
+
+
+def _family_hint(arch: ArchConfig, state: dict[str, torch.Tensor]) -> str:
+    """Why a file may not fit: a DINOv3 file given a DINO / DINOv2 architecture, or the reverse."""
+    v3_file = "rope_embed.periods" in state or "storage_tokens" in state
+    v2_file = "pos_embed" in state
+    if v3_file and not isinstance(arch, DinoV3Config):
+        return " (the file holds RoPE periods / storage tokens: a DINOv3 file; pass a dinov3 arch)"
+    if v2_file and isinstance(arch, DinoV3Config):
+        return " (the file holds a learned pos_embed: a DINO / DINOv2 file, not DINOv3)"
+    return ""
 
 
 def _build_strict(arch: ArchConfig, state: dict[str, torch.Tensor], origin: str) -> Backbone:
     backbone = build_backbone(arch)
-    load_state_dict_strict(backbone, state, origin)
+    try:
+        load_state_dict_strict(backbone, state, origin)
+    except WeightsMismatchError as error:
+        hint = _family_hint(arch, state)
+        if not hint:
+            raise
+        raise WeightsMismatchError(f"{error}{hint}") from None
     return backbone
 
 
@@ -103,13 +122,17 @@ def _from_folder_files(config: dict[str, Any], weights: Path, origin: str
     if config.get("model_type") == "dinov3_convnext":
         convnext = convert_convnext.config_from_transformers(config)
         return _build_strict(convnext, convert_convnext.to_official(state), origin), PreprocessConfig(), None
+    if config.get("model_type") == "dinov3_vit":
+        v3_arch = convert_dinov3.dinov3_config_from_transformers(config)
+        return (_build_strict(v3_arch, convert_dinov3.transformers_to_official(state, v3_arch), origin),
+                PreprocessConfig(), None)
     if "model_type" in config:
         arch = convert.vit_config_from_transformers(config, state)
         timm_state = convert.transformers_to_timm(state, arch)
         return _build_strict(arch, timm_state, origin), PreprocessConfig(), None
     raise ValueError(
         f"{origin}/{CONFIG_FILE} is neither a dinofeat config (format 'dinofeat') nor an HF transformers "
-        "config (model_type vit / dinov2)"
+        "config (model_type vit / dinov2 / dinov2_with_registers / dinov3_vit)"
     )
 
 
@@ -154,8 +177,9 @@ def _load_file(path: Path, arch: ArchLike | None, checkpoint_key: str
                ) -> tuple[Backbone, PreprocessConfig, str | None]:
     if arch is None:
         raise ValueError(
-            f"{path} is a bare weights file: pass arch= (a zoo name such as 'vit_s16', a ViTConfig, "
-            "or a dict of ViT hyper-parameters: patch_size, embed_dim, depth, num_heads, ...)"
+            f"{path} is a bare weights file: pass arch= (a zoo name such as 'vit_s16' or 'dinov3_vitb16', "
+            "a ViTConfig / DinoV3Config, or a dict of hyper-parameters: patch_size, embed_dim, depth, "
+            "num_heads, ...; {'family': 'dinov3', ...} for DINOv3)"
         )
     config = _as_arch(arch)
     preprocess = get_spec(arch).preprocess if isinstance(arch, str) else PreprocessConfig()
@@ -179,9 +203,10 @@ def load(
             ``"hf-hub:org/repo[@revision]"`` (a dinofeat-format repository, or an HF transformers
             ViT / DINOv2 repository such as ``facebook/dino-vits16``); a local folder in either
             format; a bare weights file (``.safetensors``, official ``.pth`` state dict or full
-            training checkpoint); or an architecture (:class:`~dinofeat.config.ViTConfig` or a
-            dict of its fields) for a randomly initialised model.
-        arch: Architecture of a bare weights file: a zoo name, a ViTConfig or a dict.
+            training checkpoint; an official DINOv3 ``.pth``, or timm / HF DINOv3 weights); or an
+            architecture (:class:`~dinofeat.config.ViTConfig`, :class:`~dinofeat.config.DinoV3Config` or
+            a dict of its fields) for a randomly initialised model.
+        arch: Architecture of a bare weights file: a zoo name, a config or a dict.
         device: Defaults to cuda, then mps, then cpu.
         dtype: E.g. ``torch.bfloat16`` on a GPU; float32 by default. Outputs are float32 regardless.
         pretrained: With a zoo name, ``False`` builds the architecture without fetching weights.
@@ -194,6 +219,7 @@ def load(
         KeyError: unknown zoo name (with close matches).
         WeightsMismatchError: weights that do not fit the architecture (naming the keys).
         OfflineModelError: ``HF_HUB_OFFLINE=1`` and the weights are not cached.
+        GatedModelError: a gated Hub repository (DINOv3) refused the download (no token or no access).
 
     Example:
         >>> import dinofeat
@@ -201,7 +227,7 @@ def load(
         >>> model.embed_dim
         384
     """
-    if isinstance(source, (*_ARCH_CONFIGS, dict)):
+    if not isinstance(source, (str, os.PathLike)):  # an architecture: random initialisation
         if arch is not None:
             raise ValueError(
                 "pass weights as `source` and the architecture as `arch`, not both as architectures")

@@ -14,8 +14,11 @@ Example:
 from __future__ import annotations
 
 import difflib
+from typing import Literal
 
 from dinofeat.config import (
+    ARCH_FAMILIES,
+    DinoV3Config,
     DinoV3ConvNeXtConfig,
     HubSource,
     ModelSpec,
@@ -112,6 +115,43 @@ _ENTRIES: list[ModelSpec] = [
     _dinov2("giant", 1536, 40, 24, True, 83.7, 87.1, 1100),
 ]
 
+_DINOV3_URL = "https://dl.fbaipublicfiles.com/dinov3"
+_DINOV3_PAPER = "arXiv:2508.10104"
+#: The DINOv3 weights are not Apache: accept the licence on the Hub repository (or Meta's form) first.
+DINOV3_LICENSE = "dinov3-license (DINOv3 License, not Apache; gated: accept it on the Hub repo first)"
+#: Satellite (SAT-493M) normalisation, from the official README.
+SAT_MEAN: tuple[float, float, float] = (0.430, 0.411, 0.296)
+SAT_STD: tuple[float, float, float] = (0.213, 0.156, 0.143)
+
+
+def _dinov3_vit(arch_name: str, timm_name: str, weights: str, dim: int, depth: int, heads: int,
+                ffn: Literal["mlp", "swiglu", "swiglu64"], ffn_ratio: float, params: float, *,
+                sat: bool = False, qkv_bias: bool = True, local_cls_norm: bool = False) -> ModelSpec:
+    """A released DINOv3 ViT (official hub builder values; ``weights`` is the file's hash)."""
+    data = "sat493m" if sat else "lvd1689m"
+    return ModelSpec(
+        name=f"dinov3_{arch_name}{'_sat' if sat else ''}",
+        arch=DinoV3Config(
+            embed_dim=dim, depth=depth, num_heads=heads, ffn_ratio=ffn_ratio,
+            ffn_layer=ffn,
+            qkv_bias=qkv_bias, mask_k_bias=True, n_storage_tokens=4, layerscale_init=1e-5,
+            norm_layer="layernormbf16", untie_global_and_local_cls_norm=local_cls_norm,
+            pos_embed_rope_base=100.0, pos_embed_rope_normalize_coords="separate",
+            pos_embed_rope_rescale_coords=2, pos_embed_rope_dtype="fp32",
+        ),
+        source=HubSource(
+            repo_id=f"timm/{timm_name}.{data}",
+            # Provenance only: Meta e-mails time-limited signed links to this file.
+            url=f"{_DINOV3_URL}/dinov3_{arch_name}/dinov3_{arch_name}_pretrain_{data}-{weights}.pth",
+        ),
+        description=(f"DINOv3 ViT-{arch_name[3:].replace('plus', '+').replace('16', '').upper()}/16, "
+                     f"{'SAT-493M (satellite)' if sat else 'LVD-1689M'}, RoPE, 4 storage tokens"),
+        preprocess=PreprocessConfig(mean=SAT_MEAN, std=SAT_STD) if sat else PreprocessConfig(),
+        license=DINOV3_LICENSE,
+        paper=_DINOV3_PAPER,
+        params_millions=params,
+    )
+
 
 def _dinov3_convnext(size: str, depths: tuple[int, ...], dims: tuple[int, ...], weights_hash: str,
                      params: float) -> ModelSpec:
@@ -128,14 +168,25 @@ def _dinov3_convnext(size: str, depths: tuple[int, ...], dims: tuple[int, ...], 
         description=f"DINOv3 ConvNeXt-{size.capitalize()}, distilled from ViT-7B, LVD-1689M",
         # The official classification evaluation transform (resize 256, centre crop 224, ImageNet mean/std).
         preprocess=PreprocessConfig(),
-        license="dinov3-license",
-        paper="arXiv:2508.10104",
+        license=DINOV3_LICENSE,
+        paper=_DINOV3_PAPER,
         params_millions=params,
         extra={"transformers_repo": f"facebook/dinov3-convnext-{size}-pretrain-lvd1689m"},
     )
 
 
 _ENTRIES += [
+    _dinov3_vit("vits16", "vit_small_patch16_dinov3", "08c60483", 384, 12, 6, "mlp", 4, 21.6),
+    _dinov3_vit("vits16plus", "vit_small_plus_patch16_dinov3", "4057cbaa", 384, 12, 6, "swiglu", 6, 28.7),
+    _dinov3_vit("vitb16", "vit_base_patch16_dinov3", "73cec8be", 768, 12, 12, "mlp", 4, 85.7),
+    _dinov3_vit("vitl16", "vit_large_patch16_dinov3", "8aa4cbdd", 1024, 24, 16, "mlp", 4, 303.2),
+    _dinov3_vit("vith16plus", "vit_huge_plus_patch16_dinov3", "7c1da9a5", 1280, 32, 20, "swiglu", 6, 840.6),
+    _dinov3_vit("vit7b16", "vit_7b_patch16_dinov3", "a955f4ea", 4096, 40, 32, "swiglu64", 3, 6716.0,
+                qkv_bias=False, local_cls_norm=True),
+    _dinov3_vit("vitl16", "vit_large_patch16_dinov3", "eadcf0ff", 1024, 24, 16, "mlp", 4, 303.2,
+                sat=True, local_cls_norm=True),
+    _dinov3_vit("vit7b16", "vit_7b_patch16_dinov3", "a6675841", 4096, 40, 32, "swiglu64", 3, 6716.0,
+                sat=True, qkv_bias=False, local_cls_norm=True),
     _dinov3_convnext("tiny", (3, 3, 9, 3), (96, 192, 384, 768), "21b726bb", 27.8),
     _dinov3_convnext("small", (3, 3, 27, 3), (96, 192, 384, 768), "296db49d", 49.5),
     _dinov3_convnext("base", (3, 3, 27, 3), (128, 256, 512, 1024), "801f2ba9", 87.6),
@@ -182,9 +233,15 @@ if len(ZOO) != len(_ENTRIES):
 DEFAULT_PREPROCESS = PreprocessConfig()
 
 
-def list_models() -> list[ModelSpec]:
-    """All zoo entries, in table order."""
-    return list(ZOO.values())
+def list_models(family: str | None = None) -> list[ModelSpec]:
+    """All zoo entries in table order, or those of one architecture ``family`` (``"vit"``, ``"dinov3"``, ...).
+
+    Raises:
+        ValueError: unknown family (the message lists the known ones).
+    """
+    if family is not None and family not in ARCH_FAMILIES:
+        raise ValueError(f"unknown architecture family {family!r}; expected one of {sorted(ARCH_FAMILIES)}")
+    return [spec for spec in ZOO.values() if family is None or spec.arch.family == family]
 
 
 def get_spec(name: str) -> ModelSpec:

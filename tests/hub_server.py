@@ -2,7 +2,9 @@
 
 It answers ``HEAD`` / ``GET /{org}/{repo}/resolve/{revision}/{filename}`` with the headers
 ``huggingface_hub.hf_hub_download`` reads (``X-Repo-Commit``, ``ETag``, ``Content-Length``)
-and records every request path.
+and records every request path. A repository marked with :meth:`FakeHub.gate` answers as the
+real Hub does for a gated repository: 401 without a token, 403 with a token that has no access,
+``X-Error-Code: GatedRepo``.
 """
 
 from __future__ import annotations
@@ -20,10 +22,17 @@ class FakeHub:
     def __init__(self) -> None:
         self.files: dict[tuple[str, str], bytes] = {}
         self.requests: list[str] = []
+        self.gated: set[str] = set()
+        self.authorised_tokens: set[str] = set()
         self.url = ""
 
     def add(self, repo_id: str, filename: str, payload: bytes) -> None:
         self.files[(repo_id, filename)] = payload
+
+    def gate(self, repo_id: str, authorised_tokens: tuple[str, ...] = ()) -> None:
+        """Make ``repo_id`` gated: only requests with one of ``authorised_tokens`` get its files."""
+        self.gated.add(repo_id)
+        self.authorised_tokens.update(authorised_tokens)
 
 
 def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
@@ -37,6 +46,24 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if len(parts) < 5 or parts[2] != "resolve":
                 return None
             return hub.files.get(("/".join(parts[:2]), "/".join(parts[4:])))
+
+        def _refused(self) -> bool:
+            """Answer 401 / 403 for a gated repository without an authorised token, as the Hub does."""
+            repo = "/".join(self.path.strip("/").split("/")[:2])
+            if repo not in hub.gated:
+                return False
+            token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+            if token in hub.authorised_tokens:
+                return False
+            status = 403 if token else 401
+            reason = ("and you are not in the authorized list" if token
+                      else "You must have access to it and be authenticated to access it")
+            self.send_response(status)
+            self.send_header("X-Error-Code", "GatedRepo")
+            self.send_header("X-Error-Message", f"Access to model {repo} is restricted. {reason}.")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return True
 
         def _headers(self, payload: bytes | None) -> None:
             if payload is None:
@@ -53,9 +80,12 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
 
         def do_HEAD(self) -> None:
-            self._headers(self._find())
+            if not self._refused():
+                self._headers(self._find())
 
         def do_GET(self) -> None:
+            if self._refused():
+                return
             payload = self._find()
             self._headers(payload)
             if payload is not None:

@@ -148,13 +148,16 @@ def test_cls_attention_on_resnet_is_a_clear_error():
     assert model.patch_tokens(torch.randn(1, 3, 64, 64)).shape == (1, 2, 2, 2048)
 
 
-_BIG = {"dinov2_vitl14", "dinov2_vitl14_reg", "dinov2_vitg14", "dinov2_vitg14_reg"}
+def _zoo_param(spec):
+    """ViT-L and larger are slow; the 7B ones (27 GB in float32) are built on the meta device elsewhere."""
+    params = spec.params_millions or 0
+    if params > 2000:
+        return pytest.param(spec.name, marks=pytest.mark.skip(reason=(
+            "float32 weights beyond this machine's memory (test_dinov3_zoo builds it on the meta device)")))
+    return pytest.param(spec.name, marks=pytest.mark.slow) if params > 250 else spec.name
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(spec.name, marks=pytest.mark.slow) if spec.name in _BIG else spec.name
-    for spec in dinofeat.list_models()
-])
+@pytest.mark.parametrize("name", [_zoo_param(spec) for spec in dinofeat.list_models()])
 def test_every_zoo_entry_builds_and_runs(name):
     spec = dinofeat.get_spec(name)
     model = dinofeat.load(name, pretrained=False, device="cpu")

@@ -12,9 +12,12 @@ from dinofeat.hub_entrypoints import ENTRYPOINTS
 
 OFFICIAL = ["dino_vits16", "dino_vits8", "dino_vitb16", "dino_vitb8", "dino_resnet50", "dinov2_vits14",
             "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14", "dinov2_vits14_reg", "dinov2_vitb14_reg",
-            "dinov2_vitl14_reg", "dinov2_vitg14_reg"]
+            "dinov2_vitl14_reg", "dinov2_vitg14_reg", "dinov3_vits16", "dinov3_vits16plus", "dinov3_vitb16",
+            "dinov3_vitl16", "dinov3_vith16plus", "dinov3_vit7b16"]
+# The satellite DINOv3 weights have no hub names of their own officially (a weights= argument): zoo names.
+SAT = ["dinov3_vitl16_sat", "dinov3_vit7b16_sat"]
 OFFICIAL += ["dinov3_convnext_tiny", "dinov3_convnext_small", "dinov3_convnext_base", "dinov3_convnext_large"]
-ALL = [*OFFICIAL, "vit_t16_d4_imagenette"]  # plus dinofeat's own bundled model, under its zoo name
+ALL = [*OFFICIAL, *SAT, "vit_t16_d4_imagenette"]  # plus dinofeat's own bundled model, under its zoo name
 
 
 def test_every_official_name_is_an_entry_point():

@@ -66,7 +66,8 @@ def _size(values: list[int] | None) -> Size | None:
 def run_models(args: argparse.Namespace) -> int:
     for spec in list_models():
         knn = f"{spec.knn_top1:.1f}" if spec.knn_top1 is not None else "-"
-        print(f"{spec.name:22s} dim {spec.embed_dim:5d}  k-NN {knn:>5s}  {spec.description}")
+        print(f"{spec.name:22s} dim {spec.embed_dim:5d}  k-NN {knn:>5s}  {spec.description}  "
+              f"[licence: {spec.license}]")
     return 0
 
 

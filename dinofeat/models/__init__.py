@@ -9,22 +9,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from dinofeat.config import ArchConfig, DinoV3ConvNeXtConfig, ResNetConfig, ViTConfig
+from dinofeat.config import ArchConfig, DinoV3Config, DinoV3ConvNeXtConfig, ResNetConfig, ViTConfig
 from dinofeat.models.dinov3_convnext import DinoV3ConvNeXt
+from dinofeat.models.dinov3_vit import DinoV3VisionTransformer
 from dinofeat.models.resnet import DinoResNet
 from dinofeat.models.tokens import TokenBackbone, TokenOutput
 from dinofeat.models.vit import DinoVisionTransformer
 
-__all__ = ["BUILDERS", "Backbone", "DinoResNet", "DinoV3ConvNeXt", "DinoVisionTransformer", "TokenBackbone",
-           "TokenOutput", "build_backbone"]
+__all__ = ["BUILDERS", "Backbone", "DinoResNet", "DinoV3ConvNeXt", "DinoV3VisionTransformer",
+           "DinoVisionTransformer", "TokenBackbone", "TokenOutput", "build_backbone"]
 
 #: What :func:`build_backbone` returns.
-Backbone = DinoVisionTransformer | DinoResNet | DinoV3ConvNeXt
+Backbone = DinoVisionTransformer | DinoResNet | DinoV3VisionTransformer | DinoV3ConvNeXt
 
 #: Config class -> backbone class: the one place a new family is plugged in.
 BUILDERS: dict[type, Callable[[Any], Backbone]] = {
     ViTConfig: DinoVisionTransformer,
     ResNetConfig: DinoResNet,
+    DinoV3Config: DinoV3VisionTransformer,
     DinoV3ConvNeXtConfig: DinoV3ConvNeXt,
 }
 
