@@ -91,9 +91,11 @@ class FeatureExtractor(nn.Module):
 
     @torch.inference_mode()
     def _tokens(self, images: Any, size: Size | None, batch_size: int, progress: bool | None,
-                cls_attention: bool = False, blocks: Sequence[int] = ()) -> Iterator[TokenOutput]:
+                cls_attention: bool = False, blocks: Sequence[int] = (), stride: int | None = None
+                ) -> Iterator[TokenOutput]:
         for batch in self._batches(images, size, batch_size, progress):
-            yield self.backbone.forward_tokens(batch, cls_attention=cls_attention, blocks=blocks)
+            yield self.backbone.forward_tokens(batch, cls_attention=cls_attention, blocks=blocks,
+                                               patch_stride=stride)
 
     # ------------------------------------------------------------------ public API
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,13 +116,17 @@ class FeatureExtractor(nn.Module):
 
     @torch.inference_mode()
     def patch_tokens(self, images: Any, *, size: Size | None = None, flatten: bool = False,
-                     batch_size: int = 64, progress: bool | None = None) -> torch.Tensor:
+                     stride: int | None = None, batch_size: int = 64, progress: bool | None = None
+                     ) -> torch.Tensor:
         """Final-normed patch tokens (N, h, w, D), or (N, h*w, D) with ``flatten=True``.
 
-        For a ResNet, the last stage's feature map in the same layout.
+        For a ResNet, the last stage's feature map in the same layout. ``stride=s`` (ViTs) embeds
+        overlapping patches every ``s`` pixels: a ((H - P) / s + 1) x ((W - P) / s + 1) grid, with
+        the position encoding evaluated at the new patch centres (docs/dense.md); ``s`` must divide
+        H - P and W - P. Families without such a grid raise NotImplementedError.
         """
         tokens = torch.cat([out.patch_grid().float()
-                            for out in self._tokens(images, size, batch_size, progress)])
+                            for out in self._tokens(images, size, batch_size, progress, stride=stride)])
         return tokens.flatten(1, 2) if flatten else tokens
 
     def intermediate_layers(self, images: Any, n: int = 4, *, size: Size | None = None,
@@ -140,7 +146,8 @@ class FeatureExtractor(nn.Module):
         return torch.cat(parts, dim=1)
 
     def cls_attention(self, images: Any, *, size: Size | None = None, upsample: bool = False,
-                      batch_size: int = 64, progress: bool | None = None) -> torch.Tensor:
+                      stride: int | None = None, batch_size: int = 64, progress: bool | None = None
+                      ) -> torch.Tensor:
         """Last block's CLS-to-patch attention per head: (N, heads, h, w).
 
         The softmax row of the CLS query over all keys, with the CLS (and register) keys
@@ -152,6 +159,8 @@ class FeatureExtractor(nn.Module):
             size: Preprocessing size (None: the model's own).
             upsample: Nearest-neighbour upsampling by the patch size to pixels,
                 (N, heads, h*P, w*P), as the official script does before saving images.
+            stride: Overlapping patches every ``stride`` pixels, as in :meth:`patch_tokens` (not
+                with ``upsample``: the maps no longer tile the image in P x P blocks).
             batch_size: Images per forward pass.
             progress: Show a progress bar (default: only for long inputs).
 
@@ -170,8 +179,10 @@ class FeatureExtractor(nn.Module):
         """
         if not self.backbone.has_attention:
             raise self._refuse("cls_attention", "attention")
+        if upsample and stride is not None:
+            raise ValueError("upsample=True needs the ordinary grid; with stride= the patches overlap")
         maps = []
-        for out in self._tokens(images, size, batch_size, progress, cls_attention=True):
+        for out in self._tokens(images, size, batch_size, progress, cls_attention=True, stride=stride):
             assert out.cls_attention is not None
             h, w = out.grid
             patch_part = out.cls_attention[:, :, out.num_prefix:]

@@ -69,6 +69,9 @@ class TokenBackbone(Protocol):
         has_attention: Whether ``forward_tokens(..., cls_attention=True)`` is supported.
         depth: Number of blocks (or stages) that ``blocks=`` indexes.
         patch_size: Pixels per patch side (None for a CNN, whose stride varies by stage).
+
+    ``forward_tokens(..., patch_stride=s)`` asks for overlapping patches (a denser grid); a family
+    that has no such grid raises NotImplementedError for any ``s`` that is not None.
     """
 
     config: Any
@@ -81,7 +84,7 @@ class TokenBackbone(Protocol):
     def patch_size(self) -> int | None: ...
 
     def forward_tokens(self, x: torch.Tensor, *, cls_attention: bool = False,
-                       blocks: Sequence[int] = ()) -> TokenOutput: ...
+                       blocks: Sequence[int] = (), patch_stride: int | None = None) -> TokenOutput: ...
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 
