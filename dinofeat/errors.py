@@ -25,3 +25,7 @@ class SetupError(DinofeatError, RuntimeError):
 
 class HubUploadError(DinofeatError, RuntimeError):
     """Uploading a model folder to the Hugging Face Hub failed (offline, no token, HTTP error)."""
+
+
+class VideoReadError(DinofeatError, ValueError):
+    """A video file could not be opened or decoded: unknown container, corrupt or truncated."""

@@ -1,0 +1,150 @@
+"""Per-frame DINO outputs of a video, streamed: CLS rows with timestamps, attention and PCA videos.
+
+Frames are decoded, run through the network and (for the videos) encoded ``batch_size`` at a time,
+so memory does not grow with the clip. The network sees each frame as the official
+``video_generation.py`` gives it: at its own size (or ``size``), cropped at the bottom / right to a
+multiple of the patch size.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from itertools import islice
+
+import numpy as np
+import torch
+
+from dinofeat.extractor import FeatureExtractor
+from dinofeat.masks import attention_masks, upsample_to_pixels
+from dinofeat.preprocess import Size, pil_geometry, to_normalized_tensor
+from dinofeat.video import VideoFrame, VideoWriter, check_video_output, iter_frames, video_info
+
+DEFAULT_BATCH = 8
+MASK_DIMMING = 0.25  # brightness of the frame outside the attention mask
+
+
+@dataclass(frozen=True)
+class FrameFeatures:
+    """CLS features of a clip's kept frames.
+
+    Attributes:
+        features: (N, D) float32.
+        times: (N,) float64 presentation times in seconds.
+        indices: (N,) int64 frame numbers in the clip.
+    """
+
+    features: torch.Tensor
+    times: torch.Tensor
+    indices: torch.Tensor
+
+
+def _batches(frames: Iterator[VideoFrame], size: int) -> Iterator[list[VideoFrame]]:
+    if size < 1:
+        raise ValueError(f"batch_size must be positive, got {size}")
+    while batch := list(islice(frames, size)):
+        yield batch
+
+
+def _network_input(model: FeatureExtractor, frames: list[VideoFrame]) -> tuple[torch.Tensor, np.ndarray]:
+    """Preprocessed (B, 3, h*P, w*P) batch and the matching uint8 (B, h*P, w*P, 3) pictures."""
+    patch = model.patch_size
+    if patch is None:
+        raise TypeError(f"{model.name or 'this model'} is a CNN: attention and PCA videos need a ViT")
+    pictures = np.stack([np.asarray(frame.image) for frame in frames])
+    height, width = pictures.shape[1] // patch * patch, pictures.shape[2] // patch * patch
+    if not height or not width:
+        raise ValueError(f"frames of {pictures.shape[2]}x{pictures.shape[1]} px are smaller than one "
+                         f"{patch}x{patch} patch")
+    pictures = pictures[:, :height, :width]
+    batch = torch.stack([to_normalized_tensor(torch.from_numpy(p).permute(2, 0, 1), model.preprocess)
+                         for p in pictures])
+    return batch, pictures
+
+
+def output_fps(clip: str | os.PathLike[str], every: int, fps: float | None) -> Fraction:
+    """``fps`` if given, else the clip's frame rate divided by ``every`` (real-time playback)."""
+    if fps is not None:
+        if fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        return Fraction(fps).limit_denominator(1001)
+    rate = video_info(clip).fps
+    return rate / every if rate > 0 else Fraction(25)
+
+
+def heat_map(values: np.ndarray, colormap: str = "inferno") -> np.ndarray:
+    """(H, W) values -> uint8 (H, W, 3), scaled to the map's own min / max (as ``plt.imsave`` does)."""
+    from matplotlib import colormaps
+
+    low, high = float(values.min()), float(values.max())
+    scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    return (colormaps[colormap](scaled)[..., :3] * 255).round().astype(np.uint8)
+
+
+def attention_video(model: FeatureExtractor, clip: str | os.PathLike[str], output: str | os.PathLike[str],
+                    *, every: int = 1, size: int | tuple[int, int] | None = None, fps: float | None = None,
+                    threshold: float | None = None, batch_size: int = DEFAULT_BATCH) -> int:
+    """The official ``video_generation.py``: each kept frame becomes its mean-over-heads CLS attention.
+
+    Args:
+        model: A ViT.
+        clip: Input video.
+        output: Output video (:data:`~dinofeat.video.OUTPUT_SUFFIXES`), replaced only when complete.
+        every: Keep every N-th frame.
+        size: Frame resize before the network (see :func:`~dinofeat.video.iter_frames`).
+        fps: Output frame rate (default: the clip's divided by ``every``).
+        threshold: None for the inferno heat map of the mean attention; a mass share (0.6 in the
+            paper) for the frame itself, dimmed outside the patches that hold that share of the
+            mean attention (:func:`~dinofeat.masks.attention_masks`).
+        batch_size: Frames per forward pass.
+
+    Returns:
+        The number of frames written.
+    """
+    check_video_output(output)
+    if threshold is not None and not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    rate = output_fps(clip, every, fps)
+    patch = model.patch_size
+    with VideoWriter(output, rate) as writer:
+        for frames in _batches(iter_frames(clip, every=every, size=size), batch_size):
+            batch, pictures = _network_input(model, frames)
+            mean = model.cls_attention(batch).mean(dim=1).cpu()  # (B, h, w)
+            assert patch is not None
+            if threshold is None:
+                for values in upsample_to_pixels(mean, patch).numpy():
+                    writer.write(heat_map(values))
+            else:
+                kept = upsample_to_pixels(attention_masks(mean, threshold), patch).numpy()
+                for picture, keep in zip(pictures, kept, strict=True):
+                    light = np.where(keep[..., None], 1.0, MASK_DIMMING)
+                    writer.write((picture * light).round().astype(np.uint8))
+    return writer.frames
+
+
+def embed_video(model: FeatureExtractor, clip: str | os.PathLike[str], *, every: int = 1,
+                size: Size | None = None, batch_size: int = 32) -> FrameFeatures:
+    """CLS features of every ``every``-th frame, with its time, through the model's preprocessing.
+
+    Args:
+        model: Any model (ViT or CNN).
+        clip: Input video.
+        every: Keep every N-th frame.
+        size: As for images (:meth:`~dinofeat.extractor.FeatureExtractor.embed`): None for the
+            model's evaluation transform, an int crop, or (H, W).
+        batch_size: Frames per forward pass.
+    """
+    geometry = pil_geometry(model.preprocess, size)
+    features: list[torch.Tensor] = []
+    times: list[float] = []
+    indices: list[int] = []
+    for frames in _batches(iter_frames(clip, every=every), batch_size):
+        batch = torch.stack([to_normalized_tensor(geometry(frame.image), model.preprocess)
+                             for frame in frames])
+        features.append(model.embed(batch))
+        times.extend(frame.time for frame in frames)
+        indices.extend(frame.index for frame in frames)
+    return FrameFeatures(torch.cat(features).cpu(), torch.tensor(times, dtype=torch.float64),
+                         torch.tensor(indices, dtype=torch.int64))
