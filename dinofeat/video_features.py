@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from itertools import islice
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from dinofeat.preprocess import Size, pil_geometry, to_normalized_tensor
 from dinofeat.video import VideoFrame, VideoWriter, check_video_output, iter_frames, video_info
 
 DEFAULT_BATCH = 8
+DEFAULT_FIT_FRAMES = 8  # kept frames the PCA video's projection is fitted on
 MASK_DIMMING = 0.25  # brightness of the frame outside the attention mask
 
 
@@ -148,3 +150,66 @@ def embed_video(model: FeatureExtractor, clip: str | os.PathLike[str], *, every:
         indices.extend(frame.index for frame in frames)
     return FrameFeatures(torch.cat(features).cpu(), torch.tensor(times, dtype=torch.float64),
                          torch.tensor(indices, dtype=torch.int64))
+
+
+def pca_video(model: FeatureExtractor, clip: str | os.PathLike[str], output: str | os.PathLike[str],
+              *, every: int = 1, size: int | tuple[int, int] | None = None, fps: float | None = None,
+              fit_frames: int = DEFAULT_FIT_FRAMES, batch_size: int = DEFAULT_BATCH) -> int:
+    """Each kept frame beside the first three principal components of its patch tokens, as RGB.
+
+    One PCA (:func:`~dinofeat.dense.fit_pca`) is fitted on the patch tokens of the first
+    ``fit_frames`` kept frames and applied to every frame, so a colour keeps its meaning over time.
+    Only those first frames are held in memory while the fit waits for them.
+
+    Args:
+        model: A ViT.
+        clip: Input video.
+        output: Output video, replaced only when complete; frames are (h*P, 2*w*P).
+        every: Keep every N-th frame.
+        size: Frame resize before the network (see :func:`~dinofeat.video.iter_frames`).
+        fps: Output frame rate (default: the clip's divided by ``every``).
+        fit_frames: Frames the PCA is fitted on (fewer if the clip is shorter).
+        batch_size: Frames per forward pass.
+
+    Returns:
+        The number of frames written.
+    """
+    from dinofeat.dense import fit_pca
+
+    check_video_output(output)
+    if fit_frames < 1:
+        raise ValueError(f"fit_frames must be >= 1, got {fit_frames}")
+    rate = output_fps(clip, every, fps)
+    patch = model.patch_size
+    waiting: list[tuple[np.ndarray, torch.Tensor]] = []  # (pictures, tokens) until the fit
+    projection = None
+    with VideoWriter(output, rate) as writer:
+
+        def emit(pictures: np.ndarray, tokens: torch.Tensor) -> None:
+            assert projection is not None and patch is not None
+            rgb = projection.to_rgb(tokens).permute(0, 3, 1, 2).cpu()
+            colours = (upsample_to_pixels(rgb, patch).permute(0, 2, 3, 1).numpy() * 255).round()
+            for picture, colour in zip(pictures, colours.astype(np.uint8), strict=True):
+                writer.write(np.concatenate([picture, colour], axis=1))
+
+        for frames in _batches(iter_frames(clip, every=every, size=size), batch_size):
+            batch, pictures = _network_input(model, frames)
+            tokens = model.patch_tokens(batch)
+            if projection is not None:
+                emit(pictures, tokens)
+                continue
+            waiting.append((pictures, tokens))
+            if sum(len(p) for p, _ in waiting) >= fit_frames:
+                projection = _fit_first(fit_pca, waiting, fit_frames)
+                for held in waiting:
+                    emit(*held)
+                waiting = []
+        if waiting:  # a clip shorter than fit_frames
+            projection = _fit_first(fit_pca, waiting, fit_frames)
+            for held in waiting:
+                emit(*held)
+    return writer.frames
+
+
+def _fit_first(fit: Any, held: list[tuple[np.ndarray, torch.Tensor]], count: int) -> Any:
+    return fit(torch.cat([tokens for _, tokens in held])[:count])
