@@ -14,12 +14,13 @@ from video_helpers import moving_shapes, write_clip, write_faststart_clip
 from dinofeat.cli import main
 from dinofeat.config import arch_from_dict
 from dinofeat.errors import VideoReadError
+from dinofeat.extractor import FeatureExtractor
 from dinofeat.feature_files import load_features, load_timestamps, save_features
 from dinofeat.hub_format import HubConfig, save_pretrained
 from dinofeat.loading import load
 from dinofeat.models import build_backbone
 from dinofeat.preprocess import pil_geometry, to_normalized_tensor
-from dinofeat.video import VideoWriter, iter_frames, output_codec, video_info
+from dinofeat.video import VideoFrame, VideoWriter, iter_frames, output_codec, video_info
 from dinofeat.video_features import heat_map
 
 
@@ -38,6 +39,16 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _leftovers(folder: Path) -> list[str]:
     return [p.name for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def _network_batch(model: FeatureExtractor, frames: list[VideoFrame]) -> torch.Tensor:
+    """The frames as the video commands feed them to the network (64 x 64: already whole patches)."""
+    return torch.stack([to_normalized_tensor(f.image, model.preprocess) for f in frames])
+
+
+def _pixels(maps: torch.Tensor, row_axis: int) -> np.ndarray:
+    """Patch values -> 8 x 8 pixel blocks (rows at ``row_axis``, columns next), as numpy."""
+    return maps.repeat_interleave(8, row_axis).repeat_interleave(8, row_axis + 1).numpy()
 
 
 # ------------------------------------------------------------------ decode / encode
@@ -117,10 +128,8 @@ def test_attention_video_cli(clip: Path, tiny: Path, tmp_path: Path,
     assert (info.frames, info.width, info.height, info.fps) == (6, 64, 64, 6)
     # Frame 2 of the clip is the second output frame: its heat map, up to the codec's loss.
     model = load(tiny, device="cpu")
-    source = [f for f in iter_frames(clip) if f.index in (2, 4)]
-    batch = torch.stack([to_normalized_tensor(f.image, model.preprocess) for f in source])
-    expected = [heat_map(m.repeat_interleave(8, 0).repeat_interleave(8, 1).numpy())
-                for m in model.cls_attention(batch).mean(dim=1)]
+    batch = _network_batch(model, [f for f in iter_frames(clip) if f.index in (2, 4)])
+    expected = [heat_map(_pixels(m, 0)) for m in model.cls_attention(batch).mean(dim=1)]
     written = np.asarray(list(iter_frames(out))[1].image, np.int16)
     assert np.abs(written - expected[0]).mean() < 6 < np.abs(written - expected[1]).mean()
     # --mask: the frame itself, dimmed outside the mask; --size S resizes the shorter side.
@@ -182,3 +191,39 @@ def test_timestamps_in_feature_files(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"expected \(2,\) timestamps for 2 rows, got \(3,\)"):
         save_features(tmp_path / "f.safetensors", torch.zeros(2, 4), ["v", "v"], timestamps=torch.zeros(3))
     assert not os.path.exists(tmp_path / "f.safetensors")
+
+
+# ------------------------------------------------------------------ dinofeat pca CLIP
+def test_pca_video_cli_fits_once_on_the_first_frames(clip: Path, tiny: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from dinofeat.dense import fit_pca
+
+    out = tmp_path / "pca.mp4"
+    argv = ["pca", str(clip), "-m", str(tiny), "-o", str(out), "--fit-frames", "4", "--batch-size", "3",
+            "--device", "cpu"]
+    assert main(argv) == 0
+    assert "wrote 12 frames" in capsys.readouterr().err
+    info = video_info(out)
+    assert (info.frames, info.width, info.height, info.fps) == (12, 128, 64, 24)
+    # The right half of every frame is the projection fitted on frames 0-3, up to the codec's loss.
+    model = load(tiny, device="cpu")
+    frames = list(iter_frames(clip))
+    tokens = model.patch_tokens(_network_batch(model, frames))
+    expected = (_pixels(fit_pca(tokens[:4]).to_rgb(tokens), 1) * 255).round()
+    written = np.stack([np.asarray(f.image, np.int16) for f in iter_frames(out)])
+    assert np.abs(written[:, :, :64] - np.stack([np.asarray(f.image) for f in frames])).mean() < 8
+    assert np.abs(written[:, :, 64:] - expected).mean() < 8
+    refitted = (_pixels(fit_pca(tokens[8:]).to_rgb(tokens), 1) * 255).round()
+    assert np.abs(written[:, :, 64:] - refitted).mean() > 2 * np.abs(written[:, :, 64:] - expected).mean()
+
+
+def test_pca_video_errors_write_nothing(clip: Path, tiny: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "pca.mp4"
+    broken = tmp_path / "broken.mkv"
+    broken.write_bytes(b"\x1a\x45\xdf\xa3" + bytes(200))  # a Matroska magic number, then nothing
+    assert main(["pca", str(broken), "-m", str(tiny), "-o", str(out), "--device", "cpu"]) == 2
+    assert "broken.mkv" in capsys.readouterr().err
+    assert not out.exists() and not _leftovers(tmp_path)
+    assert main(["pca", str(clip), "-m", str(tmp_path / "no_model"), "-o", str(tmp_path / "p.png")]) == 2
+    assert "video output must end in .mp4" in capsys.readouterr().err
