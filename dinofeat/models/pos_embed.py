@@ -123,9 +123,10 @@ def strided_pos_embed(
     resampling to a size). With stride ``s`` the patches start at ``j * s`` and are centred at
     ``c_j = j * s + P / 2``, ``j = 0 .. (L - P) / s``; each reads that same function at ``c_j``, with
     the same kernel (antialiasing widened by the new, finer, sampling step). This keeps every
-    token's position where its pixels are: a plain resize of the table to the new grid (what
-    dino-vit-features does) spreads the centres over the full extent instead, ``(L - P) / (2 s)``
-    patches too far out at the borders. With ``s == P`` both coincide with the ordinary table.
+    token's position where its pixels are: a plain resize of the table to the new grid of ``n``
+    (what dino-vit-features does) reads token ``j`` at pixel ``(j + 0.5) L / n`` instead, pushed
+    outwards towards the borders (up to a quarter patch at ``s = P / 2``). With ``s == P`` both
+    coincide with the ordinary table.
 
     Args:
         pos_embed: Stored table (1, num_prefix + G*G, D).
