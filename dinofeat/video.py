@@ -9,6 +9,7 @@ input met half-way, an interrupt) leaves no partial video under the final name. 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -230,12 +231,19 @@ class VideoWriter:
         assert self._temporary is not None
         try:
             if kind is None:
-                if self._stream is None:
-                    raise ValueError(f"no frames to write to {self.path}")
-                self._container.mux(self._stream.encode())  # flush the encoder
-            self._container.close()
-            if kind is None:
-                os.chmod(self._temporary, 0o644)
-                os.replace(self._temporary, self.path)
+                self._finish(self._temporary)
+            else:  # the block's own exception is the one to report
+                with contextlib.suppress(av.FFmpegError, OSError):
+                    self._container.close()
         finally:
             self._temporary.unlink(missing_ok=True)
+
+    def _finish(self, temporary: Path) -> None:
+        if self._stream is None:
+            with contextlib.suppress(av.FFmpegError, OSError):
+                self._container.close()
+            raise ValueError(f"no frames to write to {self.path}")
+        self._container.mux(self._stream.encode())  # flush the encoder
+        self._container.close()
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, self.path)

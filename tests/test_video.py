@@ -88,6 +88,9 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path: Path) -> None:
             writer.write(moving_shapes(0))
             writer.write(moving_shapes(1, 32, 32))
     assert out.read_bytes() == b"previous" and not _leftovers(tmp_path)
+    with pytest.raises(ValueError, match="no frames to write"), VideoWriter(out, fps=5):
+        pass
+    assert out.read_bytes() == b"previous" and not _leftovers(tmp_path)
     with pytest.raises(ValueError, match=r"must end in \.mp4, \.mkv, \.mov"):
         VideoWriter(tmp_path / "out.gif", fps=5)
 
