@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,9 +12,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dinofeat.config import PreprocessConfig
-from dinofeat.inputs import count_images, iter_batches
+from dinofeat.feature_outputs import FeatureBatch, check_outputs, concat_batches, read_outputs
+from dinofeat.inputs import count_images, image_items, iter_batches
 from dinofeat.masks import upsample_to_pixels
-from dinofeat.models import Backbone, TokenOutput
+from dinofeat.models import Backbone
 from dinofeat.preprocess import Size
 
 PROGRESS_MIN_BATCHES = 4
@@ -89,13 +92,12 @@ class FeatureExtractor(nn.Module):
             f"({type(self.backbone).__name__}) and has no {lacks} (use embed or patch_tokens)"
         )
 
-    @torch.inference_mode()
-    def _tokens(self, images: Any, size: Size | None, batch_size: int, progress: bool | None,
-                cls_attention: bool = False, blocks: Sequence[int] = (), stride: int | None = None
-                ) -> Iterator[TokenOutput]:
-        for batch in self._batches(images, size, batch_size, progress):
-            yield self.backbone.forward_tokens(batch, cls_attention=cls_attention, blocks=blocks,
-                                               patch_stride=stride)
+    def _rows(self, images: Any) -> tuple[Any, tuple[Path | None, ...]]:
+        """The input as a list of single images (a preprocessed float batch as is), and each row's file."""
+        if isinstance(images, torch.Tensor) and images.is_floating_point():
+            return images, (None,) * count_images(images)
+        items = image_items(images)
+        return items, tuple(Path(item) if isinstance(item, (str, os.PathLike)) else None for item in items)
 
     # ------------------------------------------------------------------ public API
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,15 +108,94 @@ class FeatureExtractor(nn.Module):
         features: torch.Tensor = self.backbone(x.to(self.device, self.dtype))
         return features.float()
 
+    def features(self, images: Any, *, size: Size | None = None,
+                 outputs: str | Sequence[str] = ("cls", "patches"), n_layers: int = 4,
+                 stride: int | None = None, batch_size: int = 64, progress: bool | None = None
+                 ) -> dict[str, torch.Tensor]:
+        """Several outputs from one forward pass per batch.
+
+        Args:
+            images: Any accepted input (see the class docstring).
+            size: Preprocessing size (None: the model's own).
+            outputs: Any of ``cls`` (N, D), ``patches`` (N, h, w, D), ``registers`` (N, R, D),
+                ``attention`` (N, heads, h, w) and ``layers`` (n_layers, N, tokens, D); see
+                :data:`dinofeat.feature_outputs.FEATURE_OUTPUTS`.
+            n_layers: How many of the last blocks ``layers`` holds.
+            stride: Overlapping patches every ``stride`` pixels (ViTs; see :meth:`patch_tokens`).
+            batch_size: Images per forward pass.
+            progress: Show a progress bar (default: only for long inputs).
+
+        Returns:
+            Name -> float32 tensor on the model's device, bit for bit what :meth:`embed`,
+            :meth:`patch_tokens`, :meth:`cls_attention` and :meth:`intermediate_layers` return.
+
+        Raises:
+            ValueError: an unknown output name, or ``n_layers`` outside [1, depth].
+            TypeError: ``attention`` or ``layers`` of a CNN.
+
+        Example:
+            >>> import dinofeat, torch
+            >>> model = dinofeat.load({"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
+            ...                        "img_size": 32}, pretrained=False)
+            >>> out = model.features(torch.randn(2, 3, 32, 48), outputs=("cls", "patches", "attention"))
+            >>> [tuple(out[k].shape) for k in ("cls", "patches", "attention")]
+            [(2, 32), (2, 4, 6, 32), (2, 2, 4, 6)]
+        """
+        names = self._check_outputs(outputs, n_layers)
+        batches = self.iter_features(images, size=size, outputs=names, n_layers=n_layers, stride=stride,
+                                     batch_size=batch_size, progress=progress)
+        return concat_batches([batch.outputs for batch in batches], names)
+
+    def iter_features(self, images: Any, *, size: Size | None = None,
+                      outputs: str | Sequence[str] = ("cls", "patches"), n_layers: int = 4,
+                      stride: int | None = None, batch_size: int = 64, progress: bool | None = None
+                      ) -> Iterator[FeatureBatch]:
+        """:meth:`features` batch by batch, for inputs too large to hold their outputs in memory.
+
+        Images are decoded only as their batch comes up, so a folder of any size runs in the
+        memory of one batch. The request is checked at once, before the first batch.
+
+        Yields:
+            A :class:`~dinofeat.feature_outputs.FeatureBatch` per batch: its row indices, the file
+            of each row (None for in-memory images) and the outputs of those rows.
+
+        Example:
+            >>> import dinofeat, torch
+            >>> model = dinofeat.load({"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
+            ...                        "img_size": 32}, pretrained=False)
+            >>> [(b.indices, tuple(b.outputs["cls"].shape))
+            ...  for b in model.iter_features(torch.randn(3, 3, 32, 32), outputs="cls", batch_size=2)]
+            [(range(0, 2), (2, 32)), (range(2, 3), (1, 32))]
+        """
+        names = self._check_outputs(outputs, n_layers)
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        rows, paths = self._rows(images)
+        blocks = range(self.backbone.depth - n_layers, self.backbone.depth) if "layers" in names else ()
+        return self._feature_batches(rows, paths, names, blocks, size, stride, batch_size, progress)
+
     @torch.inference_mode()
+    def _feature_batches(self, rows: Any, paths: tuple[Path | None, ...], names: tuple[str, ...],
+                         blocks: Sequence[int], size: Size | None, stride: int | None, batch_size: int,
+                         progress: bool | None) -> Iterator[FeatureBatch]:
+        start = 0
+        for batch in self._batches(rows, size, batch_size, progress):
+            out = self.backbone.forward_tokens(batch, cls_attention="attention" in names, blocks=blocks,
+                                               patch_stride=stride)
+            indices = range(start, start + batch.shape[0])
+            start = indices.stop
+            yield FeatureBatch(indices, paths[indices.start:indices.stop], read_outputs(out, names))
+
+    def _check_outputs(self, outputs: str | Sequence[str], n_layers: int) -> tuple[str, ...]:
+        return check_outputs(outputs, model=self.name or "this model", has_attention=self.has_attention,
+                             depth=self.backbone.depth, n_layers=n_layers)
+
     def embed(self, images: Any, *, size: Size | None = None, batch_size: int = 64,
               progress: bool | None = None) -> torch.Tensor:
         """Global features (N, D): the CLS token after the final norm (ResNet: average-pooled map)."""
-        batches = self._batches(images, size, batch_size, progress)
-        outputs = [self.backbone(batch).float() for batch in batches]
-        return torch.cat(outputs)
+        return self.features(images, size=size, outputs="cls", batch_size=batch_size,
+                             progress=progress)["cls"]
 
-    @torch.inference_mode()
     def patch_tokens(self, images: Any, *, size: Size | None = None, flatten: bool = False,
                      stride: int | None = None, batch_size: int = 64, progress: bool | None = None
                      ) -> torch.Tensor:
@@ -125,8 +206,8 @@ class FeatureExtractor(nn.Module):
         the position encoding evaluated at the new patch centres (docs/dense.md); ``s`` must divide
         H - P and W - P. Families without such a grid raise NotImplementedError.
         """
-        tokens = torch.cat([out.patch_grid().float()
-                            for out in self._tokens(images, size, batch_size, progress, stride=stride)])
+        tokens = self.features(images, size=size, outputs="patches", stride=stride, batch_size=batch_size,
+                               progress=progress)["patches"]
         return tokens.flatten(1, 2) if flatten else tokens
 
     def intermediate_layers(self, images: Any, n: int = 4, *, size: Size | None = None,
@@ -135,15 +216,10 @@ class FeatureExtractor(nn.Module):
 
         This is what the official linear evaluation concatenates (``get_intermediate_layers``).
         """
-        depth = self.backbone.depth
-        if depth == 0:
+        if self.backbone.depth == 0:
             raise self._refuse("intermediate_layers", "blocks")
-        if not 1 <= n <= depth:
-            raise ValueError(f"n must be between 1 and the depth {depth}, got {n}")
-        blocks = range(depth - n, depth)
-        parts = [torch.stack(out.intermediates).float()
-                 for out in self._tokens(images, size, batch_size, progress, blocks=blocks)]
-        return torch.cat(parts, dim=1)
+        return self.features(images, size=size, outputs="layers", n_layers=n, batch_size=batch_size,
+                             progress=progress)["layers"]
 
     def cls_attention(self, images: Any, *, size: Size | None = None, upsample: bool = False,
                       stride: int | None = None, batch_size: int = 64, progress: bool | None = None
@@ -181,13 +257,8 @@ class FeatureExtractor(nn.Module):
             raise self._refuse("cls_attention", "attention")
         if upsample and stride is not None:
             raise ValueError("upsample=True needs the ordinary grid; with stride= the patches overlap")
-        maps = []
-        for out in self._tokens(images, size, batch_size, progress, cls_attention=True, stride=stride):
-            assert out.cls_attention is not None
-            h, w = out.grid
-            patch_part = out.cls_attention[:, :, out.num_prefix:]
-            maps.append(patch_part.reshape(patch_part.shape[0], patch_part.shape[1], h, w).float())
-        result = torch.cat(maps)
+        result = self.features(images, size=size, outputs="attention", stride=stride, batch_size=batch_size,
+                               progress=progress)["attention"]
         patch = self.backbone.patch_size
         assert patch is not None  # every backbone with attention has patches
         return upsample_to_pixels(result, patch) if upsample else result

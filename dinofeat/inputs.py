@@ -85,6 +85,12 @@ def _expand(images: Any) -> list[Any]:
     return [images]
 
 
+def image_items(images: Any) -> list[Any]:
+    """The single images that ``images`` stands for, in order (folders listed, lists flattened), not
+    decoded: what each output row of a call corresponds to."""
+    return _expand(images)
+
+
 def _check_uint8_chw(tensor: torch.Tensor, what: str) -> torch.Tensor:
     if tensor.ndim != 3 or tensor.shape[0] != 3:
         raise ValueError(f"{what} must have shape (3, H, W) or (N, 3, H, W), got {tuple(tensor.shape)}")

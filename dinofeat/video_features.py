@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from itertools import islice
-from typing import Any
 
 import numpy as np
 import torch
 
+from dinofeat.dense.pca import PCAProjection, attention_foreground, fit_pca
 from dinofeat.extractor import FeatureExtractor
 from dinofeat.masks import attention_masks, upsample_to_pixels
 from dinofeat.preprocess import Size, pil_geometry, to_normalized_tensor
@@ -25,6 +25,7 @@ from dinofeat.video import VideoFrame, VideoWriter, check_video_output, iter_fra
 
 DEFAULT_BATCH = 8
 DEFAULT_FIT_FRAMES = 8  # kept frames the PCA video's projection is fitted on
+VIDEO_MASKS = ("none", "attention")
 MASK_DIMMING = 0.25  # brightness of the frame outside the attention mask
 
 
@@ -154,10 +155,11 @@ def embed_video(model: FeatureExtractor, clip: str | os.PathLike[str], *, every:
 
 def pca_video(model: FeatureExtractor, clip: str | os.PathLike[str], output: str | os.PathLike[str],
               *, every: int = 1, size: int | tuple[int, int] | None = None, fps: float | None = None,
-              fit_frames: int = DEFAULT_FIT_FRAMES, batch_size: int = DEFAULT_BATCH) -> int:
+              fit_frames: int = DEFAULT_FIT_FRAMES, mask: str = "none",
+              batch_size: int = DEFAULT_BATCH) -> int:
     """Each kept frame beside the first three principal components of its patch tokens, as RGB.
 
-    One PCA (:func:`~dinofeat.dense.fit_pca`) is fitted on the patch tokens of the first
+    One PCA (:func:`~dinofeat.dense.pca.fit_pca`) is fitted on the patch tokens of the first
     ``fit_frames`` kept frames and applied to every frame, so a colour keeps its meaning over time.
     Only those first frames are held in memory while the fit waits for them.
 
@@ -169,47 +171,57 @@ def pca_video(model: FeatureExtractor, clip: str | os.PathLike[str], output: str
         size: Frame resize before the network (see :func:`~dinofeat.video.iter_frames`).
         fps: Output frame rate (default: the clip's divided by ``every``).
         fit_frames: Frames the PCA is fitted on (fewer if the clip is shorter).
+        mask: ``"none"``, or ``"attention"``: fit on and colour only each frame's foreground, the
+            patches holding 60 % of its head-mean CLS attention (black elsewhere).
         batch_size: Frames per forward pass.
 
     Returns:
         The number of frames written.
     """
-    from dinofeat.dense import fit_pca
-
     check_video_output(output)
     if fit_frames < 1:
         raise ValueError(f"fit_frames must be >= 1, got {fit_frames}")
+    if mask not in VIDEO_MASKS:
+        raise ValueError(f"a PCA video's mask is one of {', '.join(VIDEO_MASKS)}, got {mask!r}")
     rate = output_fps(clip, every, fps)
-    patch = model.patch_size
-    waiting: list[tuple[np.ndarray, torch.Tensor]] = []  # (pictures, tokens) until the fit
-    projection = None
+    outputs = ("patches", "attention") if mask == "attention" else ("patches",)
+    held: list[_PCAFrames] = []  # the first frames, until the fit
+    projection: PCAProjection | None = None
     with VideoWriter(output, rate) as writer:
-
-        def emit(pictures: np.ndarray, tokens: torch.Tensor) -> None:
-            assert projection is not None and patch is not None
-            rgb = projection.to_rgb(tokens).permute(0, 3, 1, 2).cpu()
-            colours = (upsample_to_pixels(rgb, patch).permute(0, 2, 3, 1).numpy() * 255).round()
-            for picture, colour in zip(pictures, colours.astype(np.uint8), strict=True):
-                writer.write(np.concatenate([picture, colour], axis=1))
-
         for frames in _batches(iter_frames(clip, every=every, size=size), batch_size):
             batch, pictures = _network_input(model, frames)
-            tokens = model.patch_tokens(batch)
-            if projection is not None:
-                emit(pictures, tokens)
+            out = model.features(batch, outputs=outputs)
+            keep = attention_foreground(out["attention"]) if mask == "attention" else None
+            held.append(_PCAFrames(pictures, out["patches"], keep))
+            if projection is None and sum(len(h.pictures) for h in held) < fit_frames:
                 continue
-            waiting.append((pictures, tokens))
-            if sum(len(p) for p, _ in waiting) >= fit_frames:
-                projection = _fit_first(fit_pca, waiting, fit_frames)
-                for held in waiting:
-                    emit(*held)
-                waiting = []
-        if waiting:  # a clip shorter than fit_frames
-            projection = _fit_first(fit_pca, waiting, fit_frames)
-            for held in waiting:
-                emit(*held)
+            projection = projection or _fit_first(held, fit_frames)
+            for part in held:
+                _write_pca(writer, projection, part, model.patch_size)
+            held = []
+        if held:  # a clip shorter than fit_frames
+            projection = _fit_first(held, fit_frames)
+            for part in held:
+                _write_pca(writer, projection, part, model.patch_size)
     return writer.frames
 
 
-def _fit_first(fit: Any, held: list[tuple[np.ndarray, torch.Tensor]], count: int) -> Any:
-    return fit(torch.cat([tokens for _, tokens in held])[:count])
+@dataclass(frozen=True)
+class _PCAFrames:
+    pictures: np.ndarray  # (B, H, W, 3) uint8
+    tokens: torch.Tensor  # (B, h, w, D)
+    mask: torch.Tensor | None  # (B, h, w) bool
+
+
+def _fit_first(held: list[_PCAFrames], count: int) -> PCAProjection:
+    tokens = torch.cat([part.tokens for part in held])[:count]
+    masks = [part.mask for part in held if part.mask is not None]
+    return fit_pca(tokens, mask=torch.cat(masks)[:count] if masks else None)
+
+
+def _write_pca(writer: VideoWriter, projection: PCAProjection, part: _PCAFrames, patch: int | None) -> None:
+    assert patch is not None  # _network_input has refused a CNN
+    rgb = projection.to_rgb(part.tokens, part.mask).permute(0, 3, 1, 2).cpu()
+    colours = (upsample_to_pixels(rgb, patch).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    for picture, colour in zip(part.pictures, colours, strict=True):
+        writer.write(np.concatenate([picture, colour], axis=1))

@@ -1,4 +1,4 @@
-"""The video forms of ``dinofeat attention | embed`` (``CLIP.mp4`` in place of images).
+"""The video forms of ``dinofeat attention | pca | embed`` (``CLIP.mp4`` in place of images).
 
 The image commands dispatch here when their input has a video suffix; every check that needs no
 model (the output name, the input file) runs before the model is loaded.
@@ -10,11 +10,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from dinofeat.dense.views import dense_size
 from dinofeat.extractor import FeatureExtractor
 from dinofeat.feature_files import check_feature_path, save_features
 from dinofeat.loading import load
-from dinofeat.video import check_video_output, is_video_path, output_codec
-from dinofeat.video_features import attention_video, embed_video
+from dinofeat.preprocess import Size
+from dinofeat.video import check_video_output, is_video_path, output_codec, video_info
+from dinofeat.video_features import DEFAULT_FIT_FRAMES, attention_video, embed_video, pca_video
 
 
 def add_video_options(parser: argparse.ArgumentParser, *, fps: bool = True) -> None:
@@ -24,6 +26,14 @@ def add_video_options(parser: argparse.ArgumentParser, *, fps: bool = True) -> N
     if fps:
         parser.add_argument("--fps", type=float, default=None,
                             help="video output frame rate (default: the input's divided by --every)")
+
+
+def add_pca_video_options(parser: argparse.ArgumentParser) -> None:
+    """The options ``dinofeat pca`` adds for a video."""
+    add_video_options(parser)
+    parser.add_argument("--fit-frames", type=int, default=DEFAULT_FIT_FRAMES, metavar="K",
+                        help="video: fit the PCA on the first K kept frames (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=8, help="video frames per forward pass")
 
 
 def video_input(paths: list[str]) -> Path | None:
@@ -84,4 +94,27 @@ def run_embed_video(args: argparse.Namespace, clip: Path, size: int | tuple[int,
                   timestamps=frames.times, frame_indices=frames.indices)
     print(f"wrote {tuple(frames.features.shape)} features of {len(frames.times)} frames of {clip} "
           f"to {out}", file=sys.stderr)
+    return 0
+
+
+def run_pca_video(args: argparse.Namespace, clip: Path, size: Size) -> int:
+    """``dinofeat pca CLIP -o OUT.mp4``: each frame beside its PCA colours, fitted on the first frames.
+
+    Frames are resized as ``dinofeat pca`` resizes images (``size``: shorter side or H W, to whole
+    patches, no crop).
+    """
+    check_video_output(args.output)
+    _check_every(args.every)
+    if args.fit_frames < 1:
+        raise ValueError(f"--fit-frames must be >= 1, got {args.fit_frames}")
+    if args.mask == "first-component":
+        raise ValueError("a PCA video takes --mask none or attention (first-component would be refitted "
+                         "per batch, so it could flicker)")
+    info = video_info(clip)
+    model = _model(args)
+    frame_hw = dense_size(info.width, info.height, size, model.patch_size or 1)
+    count = pca_video(model, clip, args.output, every=args.every, size=frame_hw, fps=args.fps,
+                      fit_frames=args.fit_frames, mask=args.mask, batch_size=args.batch_size)
+    print(f"wrote {count} frames of PCA (fitted on the first {min(count, args.fit_frames)}, mask: "
+          f"{args.mask}, {output_codec()}) to {args.output}", file=sys.stderr)
     return 0
