@@ -101,6 +101,9 @@ def test_extractor_threads_stride_and_resnet_refuses_it():
     assert model.patch_tokens(x, stride=4).shape == (2, 9, 11, 32)
     assert torch.equal(model.patch_tokens(x, stride=8), model.patch_tokens(x))
     assert model.cls_attention(x, stride=4).shape == (2, 2, 9, 11)
+    out = model.features(x, outputs=("patches", "attention"), stride=4)
+    assert torch.equal(out["patches"], model.patch_tokens(x, stride=4))
+    assert torch.equal(out["attention"], model.cls_attention(x, stride=4))
     with pytest.raises(ValueError, match="upsample=True needs the ordinary grid"):
         model.cls_attention(x, stride=4, upsample=True)
     resnet = build_backbone(ResNetConfig())
