@@ -69,7 +69,8 @@ def main_bench() -> None:
     runs: dict[str, Callable[[], object]] = {
         "dinofeat attention CLIP.mp4": lambda: main(["attention", str(clip), "-o", str(folder / "a.mp4"),
                                                      *common]),
-        "dinofeat pca CLIP.mp4": lambda: main(["pca", str(clip), "-o", str(folder / "p.mp4"), *common]),
+        "dinofeat pca CLIP.mp4": lambda: main(["pca", str(clip), "-o", str(folder / "p.mp4"), "--size",
+                                               str(args.side), *common]),
         "network only: cls_attention": lambda: model.cls_attention(batch, batch_size=args.batch_size),
         "network only: patch_tokens": lambda: model.patch_tokens(batch, batch_size=args.batch_size),
     }

@@ -61,9 +61,10 @@ def _network_input(model: FeatureExtractor, frames: list[VideoFrame]) -> tuple[t
     if not height or not width:
         raise ValueError(f"frames of {pictures.shape[2]}x{pictures.shape[1]} px are smaller than one "
                          f"{patch}x{patch} patch")
-    pictures = pictures[:, :height, :width]
-    batch = torch.stack([to_normalized_tensor(torch.from_numpy(p).permute(2, 0, 1), model.preprocess)
-                         for p in pictures])
+    pictures = np.ascontiguousarray(pictures[:, :height, :width])
+    # One normalisation for the whole batch (the per-channel mean / std broadcast over it).
+    channels_first = torch.from_numpy(pictures).permute(0, 3, 1, 2).contiguous()
+    batch = to_normalized_tensor(channels_first, model.preprocess)
     return batch, pictures
 
 
