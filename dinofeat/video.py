@@ -20,11 +20,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import av
 import numpy as np
 from PIL import Image
 
-from dinofeat.errors import VideoReadError
+from dinofeat.errors import SetupError, VideoReadError
 
 #: Suffixes read as videos (anything FFmpeg demuxes may be passed to :func:`iter_frames` itself).
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts"})
@@ -59,6 +58,15 @@ class VideoInfo:
     codec: str
 
 
+def _pyav() -> Any:
+    """The ``av`` module, imported on first use so that dinofeat imports without it."""
+    try:
+        import av
+    except ImportError as error:
+        raise SetupError(f"video needs PyAV (pip install av): {error}") from None
+    return av
+
+
 def is_video_path(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` has a video suffix (:data:`VIDEO_SUFFIXES`)."""
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
@@ -67,6 +75,7 @@ def is_video_path(path: str | os.PathLike[str]) -> bool:
 def _open_input(path: Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"video file not found: {path}")
+    av = _pyav()
     try:
         container = av.open(str(path))
     except av.FFmpegError as error:
@@ -113,6 +122,7 @@ def iter_frames(path: str | os.PathLike[str], *, every: int = 1,
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
     file = Path(path)
+    av = _pyav()
     with _open_input(file) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -148,6 +158,7 @@ def _resized(image: Image.Image, size: int | tuple[int, int] | None) -> Image.Im
 
 def output_codec() -> str:
     """The encoder :class:`VideoWriter` uses: H.264 (libx264) if PyAV's FFmpeg has it, else mpeg4."""
+    av = _pyav()
     for name in PREFERRED_CODECS:
         try:
             av.codec.Codec(name, "w")
@@ -196,6 +207,7 @@ class VideoWriter:
         self._temporary: Path | None = None
         self._container: Any = None
         self._stream: Any = None
+        self._av: Any = None
 
     def __enter__(self) -> VideoWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,7 +215,8 @@ class VideoWriter:
                                     suffix=self.path.suffix)
         os.close(fd)
         self._temporary = Path(name)
-        self._container = av.open(name, "w")
+        self._av = _pyav()
+        self._container = self._av.open(name, "w")
         return self
 
     def write(self, frame: np.ndarray) -> None:
@@ -225,7 +238,7 @@ class VideoWriter:
         elif (frame.shape[0], frame.shape[1]) != (self._stream.height, self._stream.width):
             raise ValueError(f"frame {self.frames} is {frame.shape[1]}x{frame.shape[0]}, the video "
                              f"{self._stream.width}x{self._stream.height}")
-        picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        picture = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
         self._container.mux(self._stream.encode(picture))
         self.frames += 1
 
@@ -236,14 +249,14 @@ class VideoWriter:
             if kind is None:
                 self._finish(self._temporary)
             else:  # the block's own exception is the one to report
-                with contextlib.suppress(av.FFmpegError, OSError):
+                with contextlib.suppress(self._av.FFmpegError, OSError):
                     self._container.close()
         finally:
             self._temporary.unlink(missing_ok=True)
 
     def _finish(self, temporary: Path) -> None:
         if self._stream is None:
-            with contextlib.suppress(av.FFmpegError, OSError):
+            with contextlib.suppress(self._av.FFmpegError, OSError):
                 self._container.close()
             raise ValueError(f"no frames to write to {self.path}")
         self._container.mux(self._stream.encode())  # flush the encoder

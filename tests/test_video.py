@@ -13,7 +13,7 @@ from video_helpers import moving_shapes, write_clip, write_faststart_clip
 
 from dinofeat.cli import main
 from dinofeat.config import arch_from_dict
-from dinofeat.errors import VideoReadError
+from dinofeat.errors import SetupError, VideoReadError
 from dinofeat.extractor import FeatureExtractor
 from dinofeat.feature_files import load_features, load_timestamps, save_features
 from dinofeat.hub_format import HubConfig, save_pretrained
@@ -236,3 +236,16 @@ def test_pca_video_errors_write_nothing(clip: Path, tiny: Path, tmp_path: Path,
     assert not out.exists() and not _leftovers(tmp_path)
     assert main(["pca", str(clip), "-m", str(tmp_path / "no_model"), "-o", str(tmp_path / "p.png")]) == 2
     assert "video output must end in .mp4" in capsys.readouterr().err
+
+
+def test_without_pyav_images_work_and_video_says_what_to_install(clip: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['av'] = None; from dinofeat.cli import main; "
+            "raise SystemExit(main(['models']))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+    monkeypatch.setitem(sys.modules, "av", None)
+    with pytest.raises(SetupError, match=r"video needs PyAV \(pip install av\)"):
+        video_info(clip)
