@@ -51,11 +51,15 @@ def _batches(frames: Iterator[VideoFrame], size: int) -> Iterator[list[VideoFram
         yield batch
 
 
-def _network_input(model: FeatureExtractor, frames: list[VideoFrame]) -> tuple[torch.Tensor, np.ndarray]:
-    """Preprocessed (B, 3, h*P, w*P) batch and the matching uint8 (B, h*P, w*P, 3) pictures."""
-    patch = model.patch_size
-    if patch is None:
+def _vit_patch(model: FeatureExtractor) -> int:
+    if model.patch_size is None:
         raise TypeError(f"{model.name or 'this model'} is a CNN: attention and PCA videos need a ViT")
+    return model.patch_size
+
+
+def _network_input(model: FeatureExtractor, frames: list[VideoFrame], patch: int
+                   ) -> tuple[torch.Tensor, np.ndarray]:
+    """Preprocessed (B, 3, h*P, w*P) batch and the matching uint8 (B, h*P, w*P, 3) pictures."""
     pictures = np.stack([np.asarray(frame.image) for frame in frames])
     height, width = pictures.shape[1] // patch * patch, pictures.shape[2] // patch * patch
     if not height or not width:
@@ -108,15 +112,14 @@ def attention_video(model: FeatureExtractor, clip: str | os.PathLike[str], outpu
         The number of frames written.
     """
     check_video_output(output)
+    patch = _vit_patch(model)
     if threshold is not None and not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
     rate = output_fps(clip, every, fps)
-    patch = model.patch_size
     with VideoWriter(output, rate) as writer:
         for frames in _batches(iter_frames(clip, every=every, size=size), batch_size):
-            batch, pictures = _network_input(model, frames)
+            batch, pictures = _network_input(model, frames, patch)
             mean = model.cls_attention(batch).mean(dim=1).cpu()  # (B, h, w)
-            assert patch is not None
             if threshold is None:
                 for values in upsample_to_pixels(mean, patch).numpy():
                     writer.write(heat_map(values))
@@ -180,6 +183,7 @@ def pca_video(model: FeatureExtractor, clip: str | os.PathLike[str], output: str
         The number of frames written.
     """
     check_video_output(output)
+    patch = _vit_patch(model)
     if fit_frames < 1:
         raise ValueError(f"fit_frames must be >= 1, got {fit_frames}")
     if mask not in VIDEO_MASKS:
@@ -190,7 +194,7 @@ def pca_video(model: FeatureExtractor, clip: str | os.PathLike[str], output: str
     projection: PCAProjection | None = None
     with VideoWriter(output, rate) as writer:
         for frames in _batches(iter_frames(clip, every=every, size=size), batch_size):
-            batch, pictures = _network_input(model, frames)
+            batch, pictures = _network_input(model, frames, patch)
             out = model.features(batch, outputs=outputs)
             keep = attention_foreground(out["attention"]) if mask == "attention" else None
             held.append(_PCAFrames(pictures, out["patches"], keep))
@@ -198,12 +202,12 @@ def pca_video(model: FeatureExtractor, clip: str | os.PathLike[str], output: str
                 continue
             projection = projection or _fit_first(held, fit_frames)
             for part in held:
-                _write_pca(writer, projection, part, model.patch_size)
+                _write_pca(writer, projection, part, patch)
             held = []
         if held:  # a clip shorter than fit_frames
             projection = _fit_first(held, fit_frames)
             for part in held:
-                _write_pca(writer, projection, part, model.patch_size)
+                _write_pca(writer, projection, part, patch)
     return writer.frames
 
 
@@ -220,8 +224,7 @@ def _fit_first(held: list[_PCAFrames], count: int) -> PCAProjection:
     return fit_pca(tokens, mask=torch.cat(masks)[:count] if masks else None)
 
 
-def _write_pca(writer: VideoWriter, projection: PCAProjection, part: _PCAFrames, patch: int | None) -> None:
-    assert patch is not None  # _network_input has refused a CNN
+def _write_pca(writer: VideoWriter, projection: PCAProjection, part: _PCAFrames, patch: int) -> None:
     rgb = projection.to_rgb(part.tokens, part.mask).permute(0, 3, 1, 2).cpu()
     colours = (upsample_to_pixels(rgb, patch).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     for picture, colour in zip(part.pictures, colours, strict=True):

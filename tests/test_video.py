@@ -249,3 +249,13 @@ def test_without_pyav_images_work_and_video_says_what_to_install(clip: Path,
     monkeypatch.setitem(sys.modules, "av", None)
     with pytest.raises(SetupError, match=r"video needs PyAV \(pip install av\)"):
         video_info(clip)
+
+
+def test_a_cnn_is_refused_before_anything_is_written(clip: Path, tmp_path: Path) -> None:
+    from dinofeat.video_features import attention_video, pca_video
+
+    resnet = load({"family": "resnet"}, pretrained=False, device="cpu")
+    for make in (attention_video, pca_video):
+        with pytest.raises(TypeError, match="is a CNN: attention and PCA videos need a ViT"):
+            make(resnet, clip, tmp_path / "out.mp4")
+    assert not list(tmp_path.iterdir())
