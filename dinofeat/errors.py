@@ -29,3 +29,7 @@ class HubUploadError(DinofeatError, RuntimeError):
 
 class GatedModelError(DinofeatError, RuntimeError):
     """A gated Hub repository (e.g. the DINOv3 weights) refused the download: no token, or no access yet."""
+
+
+class VideoReadError(DinofeatError, ValueError):
+    """A video file could not be opened or decoded: unknown container, corrupt or truncated."""

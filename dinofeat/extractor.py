@@ -107,8 +107,9 @@ class FeatureExtractor(nn.Module):
         return features.float()
 
     def features(self, images: Any, *, size: Size | None = None,
-                 outputs: str | Sequence[str] = ("cls", "patches"), n_layers: int = 4, batch_size: int = 64,
-                 progress: bool | None = None) -> dict[str, torch.Tensor]:
+                 outputs: str | Sequence[str] = ("cls", "patches"), n_layers: int = 4,
+                 stride: int | None = None, batch_size: int = 64, progress: bool | None = None
+                 ) -> dict[str, torch.Tensor]:
         """Several outputs from one forward pass per batch.
 
         Args:
@@ -118,6 +119,7 @@ class FeatureExtractor(nn.Module):
                 ``attention`` (N, heads, h, w) and ``layers`` (n_layers, N, tokens, D); see
                 :data:`dinofeat.feature_outputs.FEATURE_OUTPUTS`.
             n_layers: How many of the last blocks ``layers`` holds.
+            stride: Overlapping patches every ``stride`` pixels (ViTs; see :meth:`patch_tokens`).
             batch_size: Images per forward pass.
             progress: Show a progress bar (default: only for long inputs).
 
@@ -138,13 +140,14 @@ class FeatureExtractor(nn.Module):
             [(2, 32), (2, 4, 6, 32), (2, 2, 4, 6)]
         """
         names = self._check_outputs(outputs, n_layers)
-        batches = self.iter_features(images, size=size, outputs=names, n_layers=n_layers,
+        batches = self.iter_features(images, size=size, outputs=names, n_layers=n_layers, stride=stride,
                                      batch_size=batch_size, progress=progress)
         return concat_batches([batch.outputs for batch in batches], names)
 
     def iter_features(self, images: Any, *, size: Size | None = None,
                       outputs: str | Sequence[str] = ("cls", "patches"), n_layers: int = 4,
-                      batch_size: int = 64, progress: bool | None = None) -> Iterator[FeatureBatch]:
+                      stride: int | None = None, batch_size: int = 64, progress: bool | None = None
+                      ) -> Iterator[FeatureBatch]:
         """:meth:`features` batch by batch, for inputs too large to hold their outputs in memory.
 
         Images are decoded only as their batch comes up, so a folder of any size runs in the
@@ -168,15 +171,16 @@ class FeatureExtractor(nn.Module):
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         rows, paths = self._rows(images)
         blocks = range(self.backbone.depth - n_layers, self.backbone.depth) if "layers" in names else ()
-        return self._feature_batches(rows, paths, names, blocks, size, batch_size, progress)
+        return self._feature_batches(rows, paths, names, blocks, size, stride, batch_size, progress)
 
     @torch.inference_mode()
     def _feature_batches(self, rows: Any, paths: tuple[Path | None, ...], names: tuple[str, ...],
-                         blocks: Sequence[int], size: Size | None, batch_size: int, progress: bool | None
-                         ) -> Iterator[FeatureBatch]:
+                         blocks: Sequence[int], size: Size | None, stride: int | None, batch_size: int,
+                         progress: bool | None) -> Iterator[FeatureBatch]:
         start = 0
         for batch in self._batches(rows, size, batch_size, progress):
-            out = self.backbone.forward_tokens(batch, cls_attention="attention" in names, blocks=blocks)
+            out = self.backbone.forward_tokens(batch, cls_attention="attention" in names, blocks=blocks,
+                                               patch_stride=stride)
             indices = range(start, start + batch.shape[0])
             start = indices.stop
             yield FeatureBatch(indices, paths[indices.start:indices.stop], read_outputs(out, names))
@@ -192,12 +196,16 @@ class FeatureExtractor(nn.Module):
                              progress=progress)["cls"]
 
     def patch_tokens(self, images: Any, *, size: Size | None = None, flatten: bool = False,
-                     batch_size: int = 64, progress: bool | None = None) -> torch.Tensor:
+                     stride: int | None = None, batch_size: int = 64, progress: bool | None = None
+                     ) -> torch.Tensor:
         """Final-normed patch tokens (N, h, w, D), or (N, h*w, D) with ``flatten=True``.
 
-        For a ResNet, the last stage's feature map in the same layout.
+        For a ResNet, the last stage's feature map in the same layout. ``stride=s`` (ViTs) embeds
+        overlapping patches every ``s`` pixels: a ((H - P) / s + 1) x ((W - P) / s + 1) grid, with
+        the position encoding evaluated at the new patch centres (docs/dense.md); ``s`` must divide
+        H - P and W - P. Families without such a grid raise NotImplementedError.
         """
-        tokens = self.features(images, size=size, outputs="patches", batch_size=batch_size,
+        tokens = self.features(images, size=size, outputs="patches", stride=stride, batch_size=batch_size,
                                progress=progress)["patches"]
         return tokens.flatten(1, 2) if flatten else tokens
 
@@ -226,7 +234,8 @@ class FeatureExtractor(nn.Module):
         return torch.stack(layers)
 
     def cls_attention(self, images: Any, *, size: Size | None = None, upsample: bool = False,
-                      batch_size: int = 64, progress: bool | None = None) -> torch.Tensor:
+                      stride: int | None = None, batch_size: int = 64, progress: bool | None = None
+                      ) -> torch.Tensor:
         """Last block's CLS-to-patch attention per head: (N, heads, h, w).
 
         The softmax row of the CLS query over all keys, with the CLS (and register) keys
@@ -238,6 +247,8 @@ class FeatureExtractor(nn.Module):
             size: Preprocessing size (None: the model's own).
             upsample: Nearest-neighbour upsampling by the patch size to pixels,
                 (N, heads, h*P, w*P), as the official script does before saving images.
+            stride: Overlapping patches every ``stride`` pixels, as in :meth:`patch_tokens` (not
+                with ``upsample``: the maps no longer tile the image in P x P blocks).
             batch_size: Images per forward pass.
             progress: Show a progress bar (default: only for long inputs).
 
@@ -256,7 +267,9 @@ class FeatureExtractor(nn.Module):
         """
         if not self.backbone.has_attention:
             raise self._refuse("cls_attention", "attention")
-        result = self.features(images, size=size, outputs="attention", batch_size=batch_size,
+        if upsample and stride is not None:
+            raise ValueError("upsample=True needs the ordinary grid; with stride= the patches overlap")
+        result = self.features(images, size=size, outputs="attention", stride=stride, batch_size=batch_size,
                                progress=progress)["attention"]
         patch = self.backbone.patch_size
         assert patch is not None  # every backbone with attention has patches

@@ -1,7 +1,9 @@
 """Writing extracted features to disk, atomically, with the list of images they came from.
 
 * ``.npy``: the (N, D) float32 array, plus a sidecar ``<stem>.txt`` with one image path per line;
-* ``.safetensors``: tensor ``features`` with metadata ``files`` (a JSON list) and ``model``.
+* ``.safetensors``: tensor ``features`` with metadata ``files`` (a JSON list) and ``model``; features
+  of video frames add tensors ``timestamps`` (float64 seconds) and ``frame_indices`` (int64), one per
+  row, read back by :func:`load_timestamps`.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ def check_feature_path(path: str | os.PathLike[str]) -> Path:
 
 
 def save_features(path: str | os.PathLike[str], features: torch.Tensor, files: Sequence[str],
-                  model: str | None = None) -> Path:
+                  model: str | None = None, timestamps: torch.Tensor | None = None,
+                  frame_indices: torch.Tensor | None = None) -> Path:
     """Write (N, D) features and the N source paths; existing files are replaced only once complete.
 
     Args:
@@ -43,6 +46,8 @@ def save_features(path: str | os.PathLike[str], features: torch.Tensor, files: S
         features: (N, D) tensor.
         files: The N image paths, in row order.
         model: Model name stored in the safetensors metadata.
+        timestamps: For video frames, (N,) presentation times in seconds (``.safetensors`` only).
+        frame_indices: For video frames, (N,) frame numbers in their clip (with ``timestamps``).
 
     Returns:
         The output path.
@@ -57,6 +62,7 @@ def save_features(path: str | os.PathLike[str], features: torch.Tensor, files: S
     if features.ndim != 2 or features.shape[0] != len(files):
         raise ValueError(
             f"expected ({len(files)}, D) features for {len(files)} files, got {tuple(features.shape)}")
+    extra = _frame_tensors(out, len(files), timestamps, frame_indices)
     out.parent.mkdir(parents=True, exist_ok=True)
     array = features.detach().float().cpu().contiguous()
     if out.suffix == ".npy":
@@ -65,8 +71,49 @@ def save_features(path: str | os.PathLike[str], features: torch.Tensor, files: S
         replace_atomically(lambda tmp: tmp.write_bytes(listing), sidecar_path(out))
     else:
         metadata = {"files": json.dumps(list(files)), "model": model or ""}
-        replace_atomically(lambda tmp: save_file({"features": array}, str(tmp), metadata=metadata), out)
+        replace_atomically(lambda tmp: save_file({"features": array, **extra}, str(tmp),
+                                                         metadata=metadata), out)
     return out
+
+
+def _frame_tensors(out: Path, rows: int, timestamps: torch.Tensor | None,
+                   frame_indices: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    if timestamps is None:
+        if frame_indices is not None:
+            raise ValueError("frame_indices are stored with timestamps; got no timestamps")
+        return {}
+    if out.suffix != ".safetensors":
+        raise ValueError(f"frame timestamps are stored in .safetensors feature files, got {out.name!r}")
+    extra = {"timestamps": timestamps.detach().double().cpu().contiguous()}
+    if frame_indices is not None:
+        extra["frame_indices"] = frame_indices.detach().long().cpu().contiguous()
+    for name, tensor in extra.items():
+        if tensor.shape != (rows,):
+            raise ValueError(f"expected ({rows},) {name} for {rows} rows, got {tuple(tensor.shape)}")
+    return extra
+
+
+def load_timestamps(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """The (timestamps, frame_indices) of a video's feature file, or None for images' features.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: the file is not a readable feature file.
+    """
+    file = check_feature_path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"feature file not found: {file}")
+    if file.suffix == ".npy":
+        return None
+    try:
+        with safe_open(str(file), "pt") as handle:
+            names = set(handle.keys())
+            if "timestamps" not in names:
+                return None
+            indices = handle.get_tensor("frame_indices") if "frame_indices" in names else None
+            return handle.get_tensor("timestamps"), indices
+    except SafetensorError as error:
+        raise ValueError(f"{file} is not a readable safetensors feature file: {error}") from None
 
 
 def load_features(path: str | os.PathLike[str]) -> tuple[torch.Tensor, list[str]]:

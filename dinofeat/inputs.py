@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -40,15 +41,27 @@ def list_image_files(folder: str | os.PathLike[str]) -> list[Path]:
 def open_image(path: str | os.PathLike[str]) -> Image.Image:
     """Open and fully decode an image as RGB (greyscale replicated, alpha dropped).
 
+    An image of more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (Pillow's decompression-bomb
+    limit, about 89 million) is refused before its pixels are decoded; a genuine huge image can be
+    let through by raising that limit.
+
     Raises:
-        ImageReadError: the file is missing, unreadable or not a decodable image; the message names it.
+        ImageReadError: the file is missing, unreadable, not a decodable image or over the pixel
+            limit; the message names it.
     """
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.convert("RGB")
+        with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x its limit: refuse those too, before decoding.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return image.convert("RGB")
     except FileNotFoundError:
         raise ImageReadError(f"image file not found: {path}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageReadError(
+            f"refusing image {path} as a possible decompression bomb: {error} (set "
+            "PIL.Image.MAX_IMAGE_PIXELS higher to read it anyway)") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise ImageReadError(f"cannot read image {path}: {error}") from None
 

@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, DistributedSampler
 
 from dinofeat.errors import ImageReadError
+from dinofeat.inputs import open_image
 
 _log = logging.getLogger(__name__)
 _DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
@@ -43,8 +44,7 @@ def read_file_list(path: str | os.PathLike[str]) -> list[Path]:
 
 def load_rgb(path: Path, shorter_side: int | None = None) -> Image.Image:
     """Decode an image as RGB (greyscale replicated, alpha dropped), optionally downscaled."""
-    with Image.open(path) as opened:
-        img = opened.convert("RGB")
+    img = open_image(path)  # names the file, and refuses decompression bombs
     if shorter_side is not None and min(img.size) > shorter_side:
         width, height = img.size
         scale = shorter_side / min(width, height)

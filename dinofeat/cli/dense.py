@@ -16,6 +16,7 @@ import torch
 
 from dinofeat.cli.common import add_model_options, load_model_option
 from dinofeat.cli.features import _image_files
+from dinofeat.cli.video import add_pca_video_options, run_pca_video, video_input
 from dinofeat.dense.correspondences import grid_positions, mutual_nearest_neighbours
 from dinofeat.dense.pca import MASK_METHODS, fit_pca, foreground_mask
 from dinofeat.dense.segmentation import cluster_patches
@@ -37,6 +38,7 @@ def add_parsers(subparsers: Any) -> None:
     pca.add_argument("--mask", choices=MASK_METHODS, default="none",
                      help="fit and colour only the foreground: from the first component (DINOv2 demo) or "
                           "the CLS attention (60 %% mass of the head-mean map); default none")
+    add_pca_video_options(pca)
     pca.set_defaults(func=run_pca)
 
     similarity = subparsers.add_parser("similarity", help="cosine similarity of query patches to every patch")
@@ -96,8 +98,11 @@ def _written(out: Path, what: str) -> int:
 
 
 def run_pca(args: argparse.Namespace) -> int:
-    files = _files(args.images)
     size = _dense_size(args.size)
+    clip = video_input(args.images)
+    if clip is not None:
+        return run_pca_video(args, clip, size)
+    files = _files(args.images)
     model = load_model_option(args)
     views = _views(model, files, size)
     outputs = ("patches", "attention") if args.mask == "attention" else ("patches",)

@@ -16,6 +16,7 @@ from dinofeat.cli.common import (
     load_model_option,
     report_skipped,
 )
+from dinofeat.cli.video import add_video_options, run_attention_video, run_embed_video, video_input
 from dinofeat.errors import ImageReadError
 from dinofeat.evaluation.features import drop_unreadable, extract_features
 from dinofeat.feature_files import check_feature_path, save_features
@@ -31,8 +32,10 @@ def add_parsers(subparsers: Any) -> None:
     models = subparsers.add_parser("models", help="list the model zoo")
     models.set_defaults(func=run_models)
 
-    embed = subparsers.add_parser("embed", help="CLS features of images -> .npy or .safetensors")
-    embed.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    embed = subparsers.add_parser("embed", help="CLS features of images -> .npy or .safetensors, "
+                                                "or of a video's frames (with timestamps) -> .safetensors")
+    embed.add_argument("paths", nargs="+",
+                       help="image files or folders (searched recursively), or one video")
     embed.add_argument("-o", "--output", required=True, help="output .npy (+ .txt file list) or .safetensors")
     embed.add_argument("--batch-size", type=int, default=64)
     embed.add_argument("--size", type=int, nargs="+", metavar="PX",
@@ -40,13 +43,23 @@ def add_parsers(subparsers: Any) -> None:
     add_model_options(embed)
     add_workers_option(embed)
     add_skip_unreadable_option(embed)
+    add_video_options(embed, fps=False)
     embed.set_defaults(func=run_embed)
 
-    attention = subparsers.add_parser("attention", help="paper-style CLS attention figure, a row per image")
-    attention.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
-    attention.add_argument("-o", "--output", required=True, help="figure file (.png, .pdf, .svg)")
-    attention.add_argument("--size", type=int, nargs=2, default=[480, 480], metavar=("H", "W"))
+    attention = subparsers.add_parser("attention", help="paper-style CLS attention figure, a row per image; "
+                                                        "or a video's per-frame attention as a video")
+    attention.add_argument("paths", nargs="+",
+                           help="image files or folders (searched recursively), or one video")
+    attention.add_argument("-o", "--output", required=True,
+                           help="figure file (.png, .pdf, .svg); for a video, a .mp4 / .mkv / .mov")
+    attention.add_argument("--size", type=int, nargs="+", metavar="PX",
+                           help="images: H W (default 480 480); video frames: S (shorter side) or H W "
+                                "(default their own size)")
     attention.add_argument("--threshold", type=float, default=0.6, help="attention mass kept by the masks")
+    attention.add_argument("--mask", action="store_true",
+                           help="video: the frame dimmed outside the --threshold mask, not the heat map")
+    attention.add_argument("--batch-size", type=int, default=8, help="video frames per forward pass")
+    add_video_options(attention)
     add_model_options(attention)
     attention.set_defaults(func=run_attention)
 
@@ -86,8 +99,11 @@ def _image_files(paths: list[str]) -> list[Path]:
 
 def run_embed(args: argparse.Namespace) -> int:
     check_feature_path(args.output)  # before any work, not after it
-    files = _image_files(args.paths)
     size = _size(args.size)
+    clip = video_input(args.paths)
+    if clip is not None:
+        return run_embed_video(args, clip, size)
+    files = _image_files(args.paths)
     model = load_model_option(args)
     features = extract_features(model, files, batch_size=args.batch_size, num_workers=args.workers, size=size,
                                 skip_unreadable=args.skip_unreadable)
@@ -103,11 +119,16 @@ def run_embed(args: argparse.Namespace) -> int:
 
 
 def run_attention(args: argparse.Namespace) -> int:
+    clip = video_input(args.paths)
+    if clip is not None:
+        return run_attention_video(args, clip)
+    if args.size is not None and len(args.size) != 2:
+        raise ValueError(f"--size for images takes H W, got {args.size}")
     files = _image_files(args.paths)
     if len(files) > MAX_ATTENTION_ROWS:  # a row per image: beyond this the figure is unreadable
         raise ValueError(f"the attention figure takes at most {MAX_ATTENTION_ROWS} images, got {len(files)}")
     model = load_model_option(args)
-    size = (args.size[0], args.size[1])
+    size = (args.size[0], args.size[1]) if args.size else (480, 480)
     rows = []
     for file in files:
         picture = pil_geometry(model.preprocess, size)(open_image(file))

@@ -134,8 +134,10 @@ class DinoV3ConvNeXt(nn.Module):
         return maps
 
     def forward_tokens(self, x: torch.Tensor, *, cls_attention: bool = False,
-                       blocks: Sequence[int] = ()) -> TokenOutput:
+                       blocks: Sequence[int] = (), patch_stride: int | None = None) -> TokenOutput:
         """Normed pooled vector, then the normed stride-32 tokens, plus the stages in ``blocks``."""
+        if patch_stride is not None:
+            raise NotImplementedError("a ConvNeXt has no patches to overlap (patch_stride is for ViTs)")
         if cls_attention:
             raise TypeError("a ConvNeXt has no attention (use embed, patch_tokens or intermediate_layers)")
         wanted = selected_blocks(blocks, self.depth)

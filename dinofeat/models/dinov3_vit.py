@@ -32,7 +32,7 @@ from torch import nn
 
 from dinofeat.config import DINOV3_FFN_ALIGN, DINOV3_NORM_EPS, DinoV3Config
 from dinofeat.models.rope import RopeEmbedding, rotate_patches
-from dinofeat.models.tokens import TokenOutput, check_images, selected_blocks
+from dinofeat.models.tokens import TokenOutput, check_images, check_patch_stride, selected_blocks
 
 RopeTables = tuple[torch.Tensor, torch.Tensor]
 
@@ -198,20 +198,35 @@ class DinoV3VisionTransformer(nn.Module):
     def num_prefix_tokens(self) -> int:
         return self.config.num_prefix_tokens
 
-    def prepare_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """[CLS, storage..., patches row by row] (B, P + h*w, D), the input of block 0, and the grid."""
+    def prepare_tokens(self, x: torch.Tensor, patch_stride: int | None = None
+                       ) -> tuple[torch.Tensor, tuple[int, int], RopeTables]:
+        """[CLS, storage..., patches row by row] (B, P + h*w, D), the input of block 0, its grid and
+        the RoPE tables of its patch centres (see :meth:`forward_tokens` for ``patch_stride``)."""
         check_images(x, self.config.in_chans)
         patch = self.config.patch_size
-        if x.shape[2] < patch or x.shape[3] < patch:
-            raise ValueError(f"image of {x.shape[2]}x{x.shape[3]} px is smaller than one "
-                             f"{patch}x{patch} patch")
-        patches = self.patch_embed(x)
+        height, width = x.shape[2], x.shape[3]
+        if height < patch or width < patch:
+            raise ValueError(f"image of {height}x{width} px is smaller than one {patch}x{patch} patch")
+        if patch_stride is None or patch_stride == patch:
+            patches = self.patch_embed(x)
+            rope = self.rope_embed.for_grid(patches.shape[1], patches.shape[2])
+        else:
+            check_patch_stride(patch_stride, patch, height, width)
+            proj = self.patch_embed.proj
+            patches = F.conv2d(x, proj.weight, proj.bias, stride=patch_stride).permute(0, 2, 3, 1)
+            # Centres in patch units, j * s / P + 0.5, of an image H / P x W / P patches large: RoPE
+            # evaluated where each overlapping patch lies (s = P gives the ordinary centres j + 0.5).
+            step = patch_stride / patch
+            device, dtype = patches.device, self.rope_embed.periods.dtype
+            centres_y = torch.arange(patches.shape[1], device=device, dtype=dtype) * step + 0.5
+            centres_x = torch.arange(patches.shape[2], device=device, dtype=dtype) * step + 0.5
+            rope = self.rope_embed(centres_y, centres_x, (height / patch, width / patch))
         batch, h, w, dim = patches.shape
         cls = self.cls_token + 0 * self.mask_token  # as the official forward without masks
         prefix = [cls.expand(batch, -1, -1)]
         if self.storage_tokens is not None:
             prefix.append(self.storage_tokens.expand(batch, -1, -1))
-        return torch.cat([*prefix, patches.reshape(batch, h * w, dim)], dim=1), (h, w)
+        return torch.cat([*prefix, patches.reshape(batch, h * w, dim)], dim=1), (h, w), rope
 
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
         """The eval-mode final norm(s): ``cls_norm`` for CLS + storage when untied, ``norm`` otherwise."""
@@ -222,7 +237,7 @@ class DinoV3VisionTransformer(nn.Module):
         return torch.cat([self.cls_norm(x[:, :prefix]), self.norm(x[:, prefix:])], dim=1)
 
     def forward_tokens(self, x: torch.Tensor, *, cls_attention: bool = False,
-                       blocks: Sequence[int] = ()) -> TokenOutput:
+                       blocks: Sequence[int] = (), patch_stride: int | None = None) -> TokenOutput:
         """One forward pass returning tokens, optional CLS attention and intermediate blocks.
 
         Args:
@@ -232,11 +247,13 @@ class DinoV3VisionTransformer(nn.Module):
             blocks: Indices of blocks (negative counts from the end) whose outputs, each through
                 :meth:`final_norm`, go into ``intermediates`` (the official
                 ``get_intermediate_layers(norm=True)``).
+            patch_stride: Patch-embedding stride ``s`` (``1 <= s <= P``) for overlapping patches, a
+                ((H - P) / s + 1) x ((W - P) / s + 1) grid with RoPE at the new patch centres; None or
+                P: the ordinary forward.
         """
         depth = len(self.blocks)
         wanted = selected_blocks(blocks, depth)
-        x, grid = self.prepare_tokens(x)
-        rope = self.rope_embed.for_grid(*grid)
+        x, grid, rope = self.prepare_tokens(x, patch_stride)
         attention = None
         intermediates = []
         for index, block in enumerate(self.blocks):

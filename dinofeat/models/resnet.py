@@ -49,8 +49,10 @@ class DinoResNet(ResNet):
         return self.forward_features(x)
 
     def forward_tokens(self, x: torch.Tensor, *, cls_attention: bool = False,
-                       blocks: Sequence[int] = ()) -> TokenOutput:
+                       blocks: Sequence[int] = (), patch_stride: int | None = None) -> TokenOutput:
         """Pooled vector, then the last stage's map row by row, as a :class:`TokenOutput`."""
+        if patch_stride is not None:
+            raise NotImplementedError("a ResNet has no patches to overlap (patch_stride is for ViTs)")
         if cls_attention:
             raise TypeError("a ResNet has no attention (use embed or patch_tokens)")
         if blocks:

@@ -70,6 +70,9 @@ class TokenBackbone(Protocol):
         has_attention: Whether ``forward_tokens(..., cls_attention=True)`` is supported.
         depth: Number of blocks (or stages) that ``blocks=`` indexes.
         patch_size: Pixels per patch side (None for a CNN, whose stride varies by stage).
+
+    ``forward_tokens(..., patch_stride=s)`` asks for overlapping patches (a denser grid); a family
+    that has no such grid raises NotImplementedError for any ``s`` that is not None.
     """
 
     config: Any
@@ -82,7 +85,7 @@ class TokenBackbone(Protocol):
     def patch_size(self) -> int | None: ...
 
     def forward_tokens(self, x: torch.Tensor, *, cls_attention: bool = False,
-                       blocks: Sequence[int] = ()) -> TokenOutput: ...
+                       blocks: Sequence[int] = (), patch_stride: int | None = None) -> TokenOutput: ...
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 
@@ -103,3 +106,14 @@ def selected_blocks(blocks: Sequence[int], depth: int) -> list[int]:
     if any(not -depth <= b < depth for b in blocks):
         raise IndexError(f"block indices {list(blocks)} out of range for depth {depth}")
     return sorted({b % depth for b in blocks})
+
+
+def check_patch_stride(stride: int, patch: int, height: int, width: int) -> None:
+    """Refuse a patch stride outside [1, P] or one that does not tile (H - P, W - P) exactly."""
+    if not 1 <= stride <= patch:
+        raise ValueError(f"patch stride must be between 1 and the patch size {patch}, got {stride}")
+    if (height - patch) % stride or (width - patch) % stride:
+        raise ValueError(
+            f"patch stride {stride} does not divide the image's (H - P, W - P) = "
+            f"({height - patch}, {width - patch}) for patch size {patch}: resize the image to "
+            f"(k * {stride} + {patch}) px per side")

@@ -12,14 +12,15 @@ from collections.abc import Sequence
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from timm.layers.mlp import Mlp, SwiGLUPacked
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from dinofeat.config import ViTConfig
 from dinofeat.models.attention import block_with_cls_attention
-from dinofeat.models.pos_embed import interpolate_pos_embed
-from dinofeat.models.tokens import TokenOutput, check_images, selected_blocks
+from dinofeat.models.pos_embed import interpolate_pos_embed, strided_pos_embed
+from dinofeat.models.tokens import TokenOutput, check_images, check_patch_stride, selected_blocks
 
 
 class DinoVisionTransformer(VisionTransformer):
@@ -79,19 +80,48 @@ class DinoVisionTransformer(VisionTransformer):
             antialias=self.config.interpolate_antialias,
         )
 
-    def embed_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Patch embedding + prefix tokens + position embedding: the input of block 0."""
+    def _strided_patches(self, x: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Overlapping patch embedding (B, h, w, D) with stride ``stride``, and its position table."""
+        patch = self.config.patch_size
+        height, width = x.shape[-2:]
+        check_patch_stride(stride, patch, height, width)
+        proj = self.patch_embed.proj
+        tokens = F.conv2d(x, proj.weight, proj.bias, stride=stride).permute(0, 2, 3, 1)
+        assert self.pos_embed is not None
+        pos = strided_pos_embed(
+            self.pos_embed,
+            image_hw=(height, width),
+            patch_size=patch,
+            stride=stride,
+            num_prefix=0 if self.no_embed_class else self.num_prefix_tokens,
+            offset=self.config.interpolate_offset,
+            antialias=self.config.interpolate_antialias,
+        )
+        return self.patch_embed.norm(tokens), pos
+
+    def embed_tokens(self, x: torch.Tensor, patch_stride: int | None = None
+                     ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Patch embedding + prefix tokens + position embedding: the input of block 0.
+
+        Args:
+            x: Normalised images (B, 3, H, W).
+            patch_stride: Overlapping patches (see :meth:`forward_tokens`); None or the patch size
+                for the ordinary grid.
+        """
         check_images(x)
         batch, _, height, width = x.shape
         patch = self.config.patch_size
         if height < patch or width < patch:
             raise ValueError(f"image of {height}x{width} px is smaller than one {patch}x{patch} patch")
-        # The official stride-P convolution drops remainder pixels; timm asserts instead.
-        x = x[:, :, : height - height % patch, : width - width % patch]
-        x = self.patch_embed(x)  # (B, h, w, D): dynamic_img_size keeps the grid
+        if patch_stride is None or patch_stride == patch:
+            # The official stride-P convolution drops remainder pixels; timm asserts instead.
+            x = x[:, :, : height - height % patch, : width - width % patch]
+            x = self.patch_embed(x)  # (B, h, w, D): dynamic_img_size keeps the grid
+            pos = self._pos_embed_for((height, width), (x.shape[1], x.shape[2]))
+        else:
+            x, pos = self._strided_patches(x, patch_stride)
         _, h, w, dim = x.shape
         x = x.reshape(batch, h * w, dim)
-        pos = self._pos_embed_for((height, width), (h, w))
         assert self.cls_token is not None  # DINO models always have a CLS token
         prefix = [self.cls_token.expand(batch, -1, -1)]
         if self.reg_token is not None:
@@ -109,6 +139,7 @@ class DinoVisionTransformer(VisionTransformer):
         *,
         cls_attention: bool = False,
         blocks: Sequence[int] = (),
+        patch_stride: int | None = None,
     ) -> TokenOutput:
         """One forward pass returning tokens, optional CLS attention and intermediate blocks.
 
@@ -117,10 +148,15 @@ class DinoVisionTransformer(VisionTransformer):
             cls_attention: Also return the last block's CLS-query attention.
             blocks: Indices of blocks (negative counts from the end) whose outputs, each through
                 the final norm, go into ``intermediates``.
+            patch_stride: Patch-embedding stride ``s`` (``1 <= s <= P``) for overlapping patches:
+                a ((H - P) / s + 1) x ((W - P) / s + 1) grid, ``s`` dividing H - P and W - P; the
+                position table is evaluated at the new patch centres
+                (:func:`~dinofeat.models.pos_embed.strided_pos_embed`). None or P: the ordinary
+                forward, bit for bit.
         """
         depth = len(self.blocks)
         wanted = selected_blocks(blocks, depth)
-        x, grid = self.embed_tokens(x)
+        x, grid = self.embed_tokens(x, patch_stride)
         attention = None
         intermediates = []
         for index, block in enumerate(self.blocks):
