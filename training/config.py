@@ -102,6 +102,7 @@ class RunConfig:
     checkpoint_every_minutes: float = 0.0
     # Exit status after SIGTERM / SIGUSR1 stopped the run with a checkpoint (e.g. a code to requeue on).
     preempt_exit_code: int = 0
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # fsdp: FSDP2 (fully_shard) with sharded checkpoints
 
 
 @dataclass
@@ -257,7 +258,8 @@ def config_problems(cfg: TrainConfig) -> list[str]:
     }
     one_or_null = {"run.max_iters_per_epoch": r.max_iters_per_epoch, "data.cache_size": d.cache_size}
     choices = {"optim.optimizer": (o.optimizer, ("adamw", "sgd", "lars")),
-               "run.precision": (r.precision, ("auto", "fp32", "fp16", "bf16"))}
+               "run.precision": (r.precision, ("auto", "fp32", "fp16", "bf16")),
+               "run.strategy": (r.strategy, ("ddp", "fsdp"))}
     problems = [f"{k} must be >= 1, got {v}" for k, v in at_least_one.items() if v < 1]
     problems += [f"{k} must be >= 0, got {v}" for k, v in at_least_zero.items() if v < 0]
     problems += [f"{k} must be > 0, got {v}" for k, v in positive.items() if v <= 0]

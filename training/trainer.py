@@ -115,7 +115,16 @@ class Trainer:
         student, self.teacher = student.to(device), self.teacher.to(device)
         self.student_module = student
         self.student: nn.Module = student
-        if self.dist.distributed:
+        self.fsdp = cfg.run.strategy == "fsdp"
+        if self.fsdp:
+            if not self.dist.distributed:
+                raise ValueError("run.strategy=fsdp shards over several processes: start it with torchrun")
+            from dinofeat.training import fsdp
+
+            mesh = fsdp.build_mesh(self.dist.world_size, device)
+            fsdp.shard_model(student, mesh)
+            fsdp.shard_model(self.teacher, mesh)
+        elif self.dist.distributed:
             if _has_batch_norm(student):
                 self.student = nn.SyncBatchNorm.convert_sync_batchnorm(student)  # type: ignore[no-untyped-call]
                 self.student_module = self.student
@@ -144,14 +153,19 @@ class Trainer:
             _log.info("resumed from %s at epoch %d, iteration %d of the epoch", path, self.start_epoch,
                       self.start_iter)
 
-    def state_dict(self, next_epoch: int, iter_in_epoch: int = 0) -> dict[str, Any]:
+    def state_dict(self, next_epoch: int, iter_in_epoch: int = 0,
+                   shards: str | None = None) -> dict[str, Any]:
         """Everything needed to continue exactly: weights, optimiser, scaler, centre, RNG, and the position
-        of the next iteration to run (``iter_in_epoch`` of epoch ``next_epoch``; 0 at an epoch's end)."""
-        return {
-            "format": "dinofeat-train",
+        of the next iteration to run (``iter_in_epoch`` of epoch ``next_epoch``; 0 at an epoch's end).
+        With ``shards`` (run.strategy=fsdp) the folder of the rank files replaces weights and optimiser."""
+        weights: dict[str, Any] = {"shards": shards, "world_size": self.dist.world_size} if shards else {
             "student": self.student_module.state_dict(),
             "teacher": self.teacher.state_dict(),
             "optimizer": self.step.optimizer.state_dict(),
+        }
+        return {
+            "format": "dinofeat-train",
+            **weights,
             "scaler": self.step.scaler.state_dict() if self.step.scaler is not None else None,
             "dino_loss": self.step.loss_fn.state_dict(),
             "epoch": next_epoch,
@@ -171,14 +185,18 @@ class Trainer:
         official = ckpt.get("format") != "dinofeat-train"
         if not official:
             _check_same_network(json.loads(ckpt["config"]), self.cfg.to_dict(), origin)
-        student_sd, teacher_sd = ckpt["student"], ckpt["teacher"]
-        if official:
-            student_sd = official_head_keys_to_parametrized(
-                {k.removeprefix("module."): v for k, v in student_sd.items()})
-            teacher_sd = official_head_keys_to_parametrized(teacher_sd)
-        load_state_dict_strict(self.student_module, student_sd, origin=f"{origin} (student)")
-        load_state_dict_strict(self.teacher, teacher_sd, origin=f"{origin} (teacher)")
-        self.step.optimizer.load_state_dict(_plain_optimizer_state(ckpt["optimizer"], self.step.optimizer))
+        if self.fsdp != ("shards" in ckpt):
+            raise ValueError(f"{origin} was written {'with' if 'shards' in ckpt else 'without'} "
+                             f"run.strategy=fsdp; resume it with the same run.strategy")
+        if self.fsdp:
+            from dinofeat.training import fsdp
+
+            # origin is the checkpoint's path; its shard folder is named relative to it
+            shards = fsdp.read_shards(Path(origin).parent, ckpt["shards"], self.dist.rank,
+                                      self.dist.world_size, origin)
+            fsdp.load_local_shards(shards, self.student_module, self.teacher, self.step.optimizer, origin)
+        else:
+            self._load_full_weights(ckpt, official, origin)
         if self.step.scaler is not None and ckpt.get("scaler"):
             self.step.scaler.load_state_dict(ckpt["scaler"])
         self.step.loss_fn.load_state_dict({"center": ckpt["dino_loss"]["center"]}, strict=True)
@@ -191,17 +209,41 @@ class Trainer:
         if "rng" in ckpt:
             restore_rng_state(ckpt["rng"])
 
+    def _load_full_weights(self, ckpt: dict[str, Any], official: bool, origin: str) -> None:
+        student_sd, teacher_sd = ckpt["student"], ckpt["teacher"]
+        if official:
+            student_sd = official_head_keys_to_parametrized(
+                {k.removeprefix("module."): v for k, v in student_sd.items()})
+            teacher_sd = official_head_keys_to_parametrized(teacher_sd)
+        load_state_dict_strict(self.student_module, student_sd, origin=f"{origin} (student)")
+        load_state_dict_strict(self.teacher, teacher_sd, origin=f"{origin} (teacher)")
+        self.step.optimizer.load_state_dict(_plain_optimizer_state(ckpt["optimizer"], self.step.optimizer))
+
     def save_checkpoint(self, next_epoch: int, iter_in_epoch: int = 0) -> None:
         """Write ``checkpoint.pth`` (rank 0) at iteration ``iter_in_epoch`` of epoch ``next_epoch``."""
         self.control.checkpoint_written()
+        shards = self._save_shards(next_epoch * self.iters_per_epoch + iter_in_epoch) if self.fsdp else None
         if not self.dist.is_main:
             return
-        state = self.state_dict(next_epoch, iter_in_epoch)
+        state = self.state_dict(next_epoch, iter_in_epoch, shards)
         text = self.cfg.to_json()
         atomic_save(state, self.output_dir / CHECKPOINT_NAME, config_text=text)
         freq = self.cfg.run.saveckp_freq
         if freq and iter_in_epoch == 0 and next_epoch % freq == 0:
             atomic_save(state, self.output_dir / f"checkpoint{next_epoch - 1:04d}.pth", config_text=text)
+        if shards:
+            from dinofeat.training.fsdp import remove_unreferenced_shards
+
+            remove_unreferenced_shards(self.output_dir)
+
+    def _save_shards(self, iteration: int) -> str:
+        """Every rank writes its shards; returns once all have (before rank 0 commits ``checkpoint.pth``)."""
+        from dinofeat.training.fsdp import local_shards, save_shards
+
+        shards = local_shards(self.student_module, self.teacher, self.step.optimizer)
+        folder = save_shards(self.output_dir, iteration, self.dist.rank, self.dist.world_size, shards)
+        barrier()
+        return folder
 
     # ----------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:
