@@ -34,14 +34,15 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(images: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
-    """The uninterrupted run's output folder, per number of processes (run once, on first use)."""
+def uninterrupted(images: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[int, str], Path]:
+    """The uninterrupted run's output folder, per (number of processes, run.strategy); run on first use."""
 
-    class Lazy(dict[int, Path]):
-        def __missing__(self, nproc: int) -> Path:
-            out = tmp_path_factory.mktemp(f"uninterrupted{nproc}") / "run"
-            run(images, out, nproc)
-            self[nproc] = out
+    class Lazy(dict[tuple[int, str], Path]):
+        def __missing__(self, key: tuple[int, str]) -> Path:
+            nproc, strategy = key
+            out = tmp_path_factory.mktemp(f"uninterrupted{nproc}{strategy}") / "run"
+            run(images, out, nproc, f"run.strategy={strategy}")
+            self[key] = out
             return out
 
     return Lazy()
@@ -54,19 +55,21 @@ def logged_iterations(out: Path) -> list[int]:
     return [r["iteration"] for r in records if "iteration" in r]
 
 
-@pytest.mark.parametrize("nproc", [1, 2])
+@pytest.mark.parametrize(("nproc", "strategy"), [
+    (1, "ddp"), (2, "ddp"), pytest.param(2, "fsdp", marks=pytest.mark.slow)])
 def test_sigkill_then_signal_then_restart_continues_the_trajectory(
-    nproc: int, images: Path, uninterrupted: dict[int, Path], tmp_path: Path
+    nproc: int, strategy: str, images: Path, uninterrupted: dict[tuple[int, str], Path], tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
+    setting = f"run.strategy={strategy}"
     # 1. SIGKILL right after the first checkpoint (end of epoch 0): every process and worker at once.
-    process = start(images, out, nproc, hooks={"DINOFEAT_TEST_PARK_AFTER_SAVES": "1"})
+    process = start(images, out, nproc, setting, hooks={"DINOFEAT_TEST_PARK_AFTER_SAVES": "1"})
     wait_until(lambda: (out / "parked.0").exists(), process, "first checkpoint")
     kill_tree(process)
     # 2. A preemption signal in the middle of epoch 1: one process gets SIGTERM to its whole process group
     #    (as a scheduler signals every process of a job, data-loading workers included); under torchrun the
     #    launcher gets SIGUSR1 and forwards it to the ranks. The run writes a mid-epoch checkpoint and exits.
-    process = start(images, out, nproc, f"run.preempt_exit_code={PREEMPT_CODE}",
+    process = start(images, out, nproc, setting, f"run.preempt_exit_code={PREEMPT_CODE}",
                     hooks={"DINOFEAT_TEST_ITER_SLEEP": "0.3"})
     wait_until(lambda: 5 in logged_iterations(out), process, "iteration 5 (epoch 1)")
     if nproc == 1:
@@ -80,8 +83,8 @@ def test_sigkill_then_signal_then_restart_continues_the_trajectory(
     if nproc == 1:
         assert status == PREEMPT_CODE, last_log(out)
     # 3. Restarted, it ends where the uninterrupted run ends, bit for bit.
-    run(images, out, nproc)
-    assert_same_trajectory(uninterrupted[nproc], out)
+    run(images, out, nproc, setting)
+    assert_same_trajectory(uninterrupted[nproc, strategy], out)
 
 
 def _soak(nproc: int, kills: int, images: Path, reference: Path, out: Path) -> int:
@@ -110,16 +113,16 @@ def _soak(nproc: int, kills: int, images: Path, reference: Path, out: Path) -> i
 
 
 def test_sigkill_at_a_random_moment_loses_at_most_one_iteration(
-    images: Path, uninterrupted: dict[int, Path], tmp_path: Path
+    images: Path, uninterrupted: dict[tuple[int, str], Path], tmp_path: Path
 ) -> None:
-    assert _soak(1, 1, images, uninterrupted[1], tmp_path / "run") == 1
+    assert _soak(1, 1, images, uninterrupted[1, "ddp"], tmp_path / "run") == 1
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_soak_sigkill_at_random_moments(
-    nproc: int, images: Path, uninterrupted: dict[int, Path], tmp_path: Path
+    nproc: int, images: Path, uninterrupted: dict[tuple[int, str], Path], tmp_path: Path
 ) -> None:
-    landed = _soak(nproc, 8, images, uninterrupted[nproc], tmp_path / "run")
+    landed = _soak(nproc, 8, images, uninterrupted[nproc, "ddp"], tmp_path / "run")
     print(f"{landed} kills landed")
     assert landed >= 3, f"only {landed} kills landed before the run completed"
