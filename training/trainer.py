@@ -113,9 +113,23 @@ class Trainer:
         student, self.teacher, self.arch = build_student_teacher(cfg)
         device = self.dist.device
         student, self.teacher = student.to(device), self.teacher.to(device)
+        self.fsdp = cfg.run.strategy == "fsdp"
+        self._distribute(student, device)
+        # The teacher follows the (DDP-broadcast) student, as in the official code.
+        self.teacher.load_state_dict(self.student_module.state_dict(), strict=True)
+        schedules = Schedules.from_config(cfg, self.iters_per_epoch, self.dist.world_size)
+        self.step = DinoStep(cfg, self.student, self.teacher, schedules, device)
+        self.metrics = MetricsWriter(self.output_dir, enabled=self.dist.is_main)
+        self.control = RunControl(cfg.run.checkpoint_every, cfg.run.checkpoint_every_minutes, device)
+        self.start_epoch = self.start_iter = 0
+        self._maybe_resume()
+        self.iterations_done = self.start_epoch * self.iters_per_epoch + self.start_iter
+
+    def _distribute(self, student: nn.Module, device: torch.device) -> None:
+        """Set ``student`` (what the step calls: DDP-wrapped, or FSDP-sharded in place along with the teacher)
+        and ``student_module`` (the network itself)."""
         self.student_module = student
         self.student: nn.Module = student
-        self.fsdp = cfg.run.strategy == "fsdp"
         if self.fsdp:
             if not self.dist.distributed:
                 raise ValueError("run.strategy=fsdp shards over several processes: start it with torchrun")
@@ -130,15 +144,6 @@ class Trainer:
                 self.student_module = self.student
             device_ids = [device.index] if device.type == "cuda" else None
             self.student = DistributedDataParallel(self.student, device_ids=device_ids)
-        # The teacher follows the (DDP-broadcast) student, as in the official code.
-        self.teacher.load_state_dict(self.student_module.state_dict(), strict=True)
-        schedules = Schedules.from_config(cfg, self.iters_per_epoch, self.dist.world_size)
-        self.step = DinoStep(cfg, self.student, self.teacher, schedules, device)
-        self.metrics = MetricsWriter(self.output_dir, enabled=self.dist.is_main)
-        self.control = RunControl(cfg.run.checkpoint_every, cfg.run.checkpoint_every_minutes, device)
-        self.start_epoch = self.start_iter = 0
-        self._maybe_resume()
-        self.iterations_done = self.start_epoch * self.iters_per_epoch + self.start_iter
 
     # ----------------------------------------------------------------- resume / checkpoint
     def _maybe_resume(self) -> None:
