@@ -67,6 +67,8 @@ def _train(args: argparse.Namespace) -> int:
         summary = Trainer(cfg, eval_hook=hook).fit()
     finally:
         shutdown()
+    if "stopped_by" in summary:  # preempted: the checkpoint holds the position, a rerun continues
+        return cfg.run.preempt_exit_code
     logging.getLogger("dinofeat.training").info("finished: %s", json.dumps(summary))
     return 0
 

@@ -97,6 +97,12 @@ class RunConfig:
     # k-NN monitoring (weighted 20-NN of the teacher) on labelled ImageFolder-style folders.
     eval_train: str | None = None
     eval_val: str | None = None
+    # Mid-epoch checkpoints (with the sampler position): every N iterations / M minutes; 0: off.
+    checkpoint_every: int = 0
+    checkpoint_every_minutes: float = 0.0
+    # Exit status after SIGTERM / SIGUSR1 stopped the run with a checkpoint (e.g. a code to requeue on).
+    preempt_exit_code: int = 0
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # fsdp: FSDP2 (fully_shard) with sharded checkpoints
 
 
 @dataclass
@@ -243,6 +249,8 @@ def config_problems(cfg: TrainConfig) -> list[str]:
         "optim.clip_grad": o.clip_grad, "optim.freeze_last_layer": o.freeze_last_layer,
         "run.saveckp_freq": r.saveckp_freq, "run.eval_every": r.eval_every, "data.num_workers": d.num_workers,
         "loss.warmup_teacher_temp_epochs": loss.warmup_teacher_temp_epochs,
+        "run.checkpoint_every": r.checkpoint_every,
+        "run.checkpoint_every_minutes": r.checkpoint_every_minutes,
     }
     positive = {
         "optim.lr": o.lr, "loss.teacher_temp": loss.teacher_temp,
@@ -250,7 +258,8 @@ def config_problems(cfg: TrainConfig) -> list[str]:
     }
     one_or_null = {"run.max_iters_per_epoch": r.max_iters_per_epoch, "data.cache_size": d.cache_size}
     choices = {"optim.optimizer": (o.optimizer, ("adamw", "sgd", "lars")),
-               "run.precision": (r.precision, ("auto", "fp32", "fp16", "bf16"))}
+               "run.precision": (r.precision, ("auto", "fp32", "fp16", "bf16")),
+               "run.strategy": (r.strategy, ("ddp", "fsdp"))}
     problems = [f"{k} must be >= 1, got {v}" for k, v in at_least_one.items() if v < 1]
     problems += [f"{k} must be >= 0, got {v}" for k, v in at_least_zero.items() if v < 0]
     problems += [f"{k} must be > 0, got {v}" for k, v in positive.items() if v <= 0]
@@ -260,6 +269,8 @@ def config_problems(cfg: TrainConfig) -> list[str]:
                  for k, (v, allowed) in choices.items() if v not in allowed]
     if not 0 <= o.warmup_epochs <= r.epochs:
         problems.append(f"optim.warmup_epochs ({o.warmup_epochs}) must lie in [0, run.epochs = {r.epochs}]")
+    if not 0 <= r.preempt_exit_code <= 255:
+        problems.append(f"run.preempt_exit_code must lie in [0, 255], got {r.preempt_exit_code}")
     if not 0 <= o.momentum_teacher <= 1:
         problems.append(f"optim.momentum_teacher must lie in [0, 1], got {o.momentum_teacher}")
     if not 0 <= loss.center_momentum < 1:

@@ -11,6 +11,7 @@ and the sample reports how many files it skipped, which the trainer sums into th
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -127,9 +128,17 @@ class EpochSampler(DistributedSampler[Any]):
     (seed, epoch) only, so a resumed run sees the same data as an uninterrupted one.
     """
 
+    skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Select the epoch; ``skip``: leave out this process's first ``skip`` samples of it (a resume
+        from a mid-epoch checkpoint)."""
+        super().set_epoch(epoch)
+        self.skip = skip
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch = self.epoch
-        for index in super().__iter__():
+        for index in itertools.islice(super().__iter__(), self.skip, None):
             yield epoch, int(index)
 
 

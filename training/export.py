@@ -66,6 +66,10 @@ def export_teacher(
     arch = build_arch(cfg.model)
     backbone = build_backbone(arch)
     prefix = "backbone."
+    if "shards" in ckpt:  # run.strategy=fsdp: join the ranks' shards
+        from dinofeat.training.fsdp import full_state
+
+        ckpt["teacher"] = full_state(Path(checkpoint), ckpt)["teacher"]
     state = {k[len(prefix):]: v for k, v in ckpt["teacher"].items() if k.startswith(prefix)}
     load_state_dict_strict(backbone, state, origin=f"{checkpoint} (teacher backbone)")
     out = Path(output_dir)

@@ -30,6 +30,7 @@ from dinofeat.training.config import TrainConfig, check_config
 from dinofeat.training.data import EpochSampler, ImageDataset, collate_crops, read_file_list
 from dinofeat.training.head import official_head_keys_to_parametrized
 from dinofeat.training.metrics import MetricsWriter
+from dinofeat.training.preemption import RunControl, ignore_preemption_signals
 from dinofeat.training.rng import iteration_rng, loader_generator
 from dinofeat.training.step import DinoStep, Schedules, build_student_teacher
 from torch import nn
@@ -98,7 +99,8 @@ class Trainer:
         self.loader = DataLoader(self.dataset, batch_size=cfg.optim.batch_size_per_gpu, sampler=self.sampler,
                                  num_workers=workers, pin_memory=self.dist.device.type == "cuda",
                                  drop_last=True, collate_fn=collate_crops, persistent_workers=workers > 0,
-                                 generator=loader_generator(cfg.run.seed))
+                                 generator=loader_generator(cfg.run.seed),
+                                 worker_init_fn=ignore_preemption_signals if workers > 0 else None)
         self.iters_per_epoch = len(self.loader)
         if cfg.run.max_iters_per_epoch is not None:
             self.iters_per_epoch = min(self.iters_per_epoch, cfg.run.max_iters_per_epoch)
@@ -111,21 +113,37 @@ class Trainer:
         student, self.teacher, self.arch = build_student_teacher(cfg)
         device = self.dist.device
         student, self.teacher = student.to(device), self.teacher.to(device)
-        self.student_module = student
-        self.student: nn.Module = student
-        if self.dist.distributed:
-            if _has_batch_norm(student):
-                self.student = nn.SyncBatchNorm.convert_sync_batchnorm(student)  # type: ignore[no-untyped-call]
-                self.student_module = self.student
-            device_ids = [device.index] if device.type == "cuda" else None
-            self.student = DistributedDataParallel(self.student, device_ids=device_ids)
+        self.fsdp = cfg.run.strategy == "fsdp"
+        self._distribute(student, device)
         # The teacher follows the (DDP-broadcast) student, as in the official code.
         self.teacher.load_state_dict(self.student_module.state_dict(), strict=True)
         schedules = Schedules.from_config(cfg, self.iters_per_epoch, self.dist.world_size)
         self.step = DinoStep(cfg, self.student, self.teacher, schedules, device)
         self.metrics = MetricsWriter(self.output_dir, enabled=self.dist.is_main)
-        self.start_epoch = 0
+        self.control = RunControl(cfg.run.checkpoint_every, cfg.run.checkpoint_every_minutes, device)
+        self.start_epoch = self.start_iter = 0
         self._maybe_resume()
+        self.iterations_done = self.start_epoch * self.iters_per_epoch + self.start_iter
+
+    def _distribute(self, student: nn.Module, device: torch.device) -> None:
+        """Set ``student`` (what the step calls: DDP-wrapped, or FSDP-sharded in place along with the teacher)
+        and ``student_module`` (the network itself)."""
+        self.student_module = student
+        self.student: nn.Module = student
+        if self.fsdp:
+            if not self.dist.distributed:
+                raise ValueError("run.strategy=fsdp shards over several processes: start it with torchrun")
+            from dinofeat.training import fsdp
+
+            mesh = fsdp.build_mesh(self.dist.world_size, device)
+            fsdp.shard_model(student, mesh)
+            fsdp.shard_model(self.teacher, mesh)
+        elif self.dist.distributed:
+            if _has_batch_norm(student):
+                self.student = nn.SyncBatchNorm.convert_sync_batchnorm(student)  # type: ignore[no-untyped-call]
+                self.student_module = self.student
+            device_ids = [device.index] if device.type == "cuda" else None
+            self.student = DistributedDataParallel(self.student, device_ids=device_ids)
 
     # ----------------------------------------------------------------- resume / checkpoint
     def _maybe_resume(self) -> None:
@@ -137,19 +155,27 @@ class Trainer:
             return
         self.load_state(load_checkpoint(path), origin=str(path))
         if self.dist.is_main:
-            _log.info("resumed from %s at epoch %d", path, self.start_epoch)
+            _log.info("resumed from %s at epoch %d, iteration %d of the epoch", path, self.start_epoch,
+                      self.start_iter)
 
-    def state_dict(self, next_epoch: int) -> dict[str, Any]:
-        """Everything needed to continue exactly: weights, optimiser, scaler, centre, RNG, position."""
-        return {
-            "format": "dinofeat-train",
+    def state_dict(self, next_epoch: int, iter_in_epoch: int = 0,
+                   shards: str | None = None) -> dict[str, Any]:
+        """Everything needed to continue exactly: weights, optimiser, scaler, centre, RNG, and the position
+        of the next iteration to run (``iter_in_epoch`` of epoch ``next_epoch``; 0 at an epoch's end).
+        With ``shards`` (run.strategy=fsdp) the folder of the rank files replaces weights and optimiser."""
+        weights: dict[str, Any] = {"shards": shards, "world_size": self.dist.world_size} if shards else {
             "student": self.student_module.state_dict(),
             "teacher": self.teacher.state_dict(),
             "optimizer": self.step.optimizer.state_dict(),
+        }
+        return {
+            "format": "dinofeat-train",
+            **weights,
             "scaler": self.step.scaler.state_dict() if self.step.scaler is not None else None,
             "dino_loss": self.step.loss_fn.state_dict(),
             "epoch": next_epoch,
-            "iteration": next_epoch * self.iters_per_epoch,
+            "iter_in_epoch": iter_in_epoch,
+            "iteration": next_epoch * self.iters_per_epoch + iter_in_epoch,
             "rng": capture_rng_state(),
             "config": self.cfg.to_json(),
         }
@@ -164,6 +190,31 @@ class Trainer:
         official = ckpt.get("format") != "dinofeat-train"
         if not official:
             _check_same_network(json.loads(ckpt["config"]), self.cfg.to_dict(), origin)
+        if self.fsdp != ("shards" in ckpt):
+            raise ValueError(f"{origin} was written {'with' if 'shards' in ckpt else 'without'} "
+                             f"run.strategy=fsdp; resume it with the same run.strategy")
+        if self.fsdp:
+            from dinofeat.training import fsdp
+
+            # origin is the checkpoint's path; its shard folder is named relative to it
+            shards = fsdp.read_shards(Path(origin).parent, ckpt["shards"], self.dist.rank,
+                                      self.dist.world_size, origin)
+            fsdp.load_local_shards(shards, self.student_module, self.teacher, self.step.optimizer, origin)
+        else:
+            self._load_full_weights(ckpt, official, origin)
+        if self.step.scaler is not None and ckpt.get("scaler"):
+            self.step.scaler.load_state_dict(ckpt["scaler"])
+        self.step.loss_fn.load_state_dict({"center": ckpt["dino_loss"]["center"]}, strict=True)
+        self.start_epoch, self.start_iter = int(ckpt["epoch"]), int(ckpt.get("iter_in_epoch", 0))
+        if self.start_iter >= self.iters_per_epoch:
+            raise ValueError(
+                f"{origin} stopped at iteration {self.start_iter} of epoch {self.start_epoch}, but epochs "
+                f"now have {self.iters_per_epoch} iterations; resume with the same data, "
+                "optim.batch_size_per_gpu, number of processes and run.max_iters_per_epoch")
+        if "rng" in ckpt:
+            restore_rng_state(ckpt["rng"])
+
+    def _load_full_weights(self, ckpt: dict[str, Any], official: bool, origin: str) -> None:
         student_sd, teacher_sd = ckpt["student"], ckpt["teacher"]
         if official:
             student_sd = official_head_keys_to_parametrized(
@@ -172,46 +223,80 @@ class Trainer:
         load_state_dict_strict(self.student_module, student_sd, origin=f"{origin} (student)")
         load_state_dict_strict(self.teacher, teacher_sd, origin=f"{origin} (teacher)")
         self.step.optimizer.load_state_dict(_plain_optimizer_state(ckpt["optimizer"], self.step.optimizer))
-        if self.step.scaler is not None and ckpt.get("scaler"):
-            self.step.scaler.load_state_dict(ckpt["scaler"])
-        self.step.loss_fn.load_state_dict({"center": ckpt["dino_loss"]["center"]}, strict=True)
-        self.start_epoch = int(ckpt["epoch"])
-        if "rng" in ckpt:
-            restore_rng_state(ckpt["rng"])
 
-    def save_checkpoint(self, next_epoch: int) -> None:
+    def save_checkpoint(self, next_epoch: int, iter_in_epoch: int = 0) -> None:
+        """Write ``checkpoint.pth`` (rank 0) at iteration ``iter_in_epoch`` of epoch ``next_epoch``."""
+        self.control.checkpoint_written()
+        shards = self._save_shards(next_epoch * self.iters_per_epoch + iter_in_epoch) if self.fsdp else None
         if not self.dist.is_main:
             return
-        state = self.state_dict(next_epoch)
+        state = self.state_dict(next_epoch, iter_in_epoch, shards)
         text = self.cfg.to_json()
         atomic_save(state, self.output_dir / CHECKPOINT_NAME, config_text=text)
         freq = self.cfg.run.saveckp_freq
-        if freq and next_epoch % freq == 0:
+        if freq and iter_in_epoch == 0 and next_epoch % freq == 0:
             atomic_save(state, self.output_dir / f"checkpoint{next_epoch - 1:04d}.pth", config_text=text)
+        if shards:
+            from dinofeat.training.fsdp import remove_unreferenced_shards
+
+            remove_unreferenced_shards(self.output_dir)
+
+    def _save_shards(self, iteration: int) -> str:
+        """Every rank writes its shards; returns once all have (before rank 0 commits ``checkpoint.pth``)."""
+        from dinofeat.training.fsdp import local_shards, save_shards
+
+        shards = local_shards(self.student_module, self.teacher, self.step.optimizer)
+        folder = save_shards(self.output_dir, iteration, self.dist.rank, self.dist.world_size, shards)
+        barrier()
+        return folder
 
     # ----------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:
-        """Train from ``start_epoch`` to ``run.epochs``; returns the last epoch's summary."""
+        """Train from the checkpoint's position to the end of ``run.epochs``; returns the last summary.
+
+        SIGTERM / SIGUSR1 stop it after the current iteration with a checkpoint: the summary then has
+        ``stopped_by`` (the signal's name) and the run continues from there when started again.
+        """
         summary: dict[str, Any] = {}
-        for epoch in range(self.start_epoch, self.cfg.run.epochs):
-            summary = self.train_one_epoch(epoch)
-            self.save_checkpoint(epoch + 1)
-            every = self.cfg.run.eval_every
-            if self.eval_hook is not None and every and (epoch + 1) % every == 0:
-                results = self.eval_hook(self.teacher.backbone)
-                summary.update(results)
-                self.metrics.write({"epoch": epoch, "eval": results})
-            barrier()
+        with self.control:
+            for epoch in range(self.start_epoch, self.cfg.run.epochs):
+                summary = self.train_one_epoch(epoch, self.start_iter if epoch == self.start_epoch else 0)
+                if summary["complete"]:
+                    self.save_checkpoint(epoch + 1)
+                if self.control.stop_reason is not None:
+                    return self._stopped(summary)
+                self._end_of_epoch(epoch, summary)
         return summary
 
-    def train_one_epoch(self, epoch: int) -> dict[str, Any]:
-        self.sampler.set_epoch(epoch)
+    def _stopped(self, summary: dict[str, Any]) -> dict[str, Any]:
+        done = self.iterations_done
+        summary["stopped_by"] = self.control.stop_reason
+        self.metrics.write({"preempted": {"by": self.control.stop_reason, "iterations_done": done}})
+        if self.dist.is_main:
+            _log.warning("stopped by %s after iteration %d; %s holds the position, run the same command to "
+                         "continue", self.control.stop_reason, done, self.output_dir / CHECKPOINT_NAME)
+        barrier()  # no rank exits while rank 0 is still writing
+        return summary
+
+    def _end_of_epoch(self, epoch: int, summary: dict[str, Any]) -> None:
+        every = self.cfg.run.eval_every
+        if self.eval_hook is not None and every and (epoch + 1) % every == 0:
+            results = self.eval_hook(self.teacher.backbone)
+            summary.update(results)
+            self.metrics.write({"epoch": epoch, "eval": results})
+        barrier()
+
+    def train_one_epoch(self, epoch: int, start: int = 0) -> dict[str, Any]:
+        """Iterations ``start ..`` of ``epoch``; ends early (``complete`` false) when :attr:`control` says
+        stop, after writing a mid-epoch checkpoint."""
+        batch = self.cfg.optim.batch_size_per_gpu
+        self.sampler.set_epoch(epoch, skip=start * batch)
         self.student.train()
         self.teacher.train()
-        losses, skipped, n_images = [], 0, 0
+        losses, skipped, n_images, index = [], 0, 0, start
         epoch_start = tick = time.perf_counter()
-        batch_images = self.cfg.optim.batch_size_per_gpu * self.dist.world_size
-        for index, (crops, n_skipped) in enumerate(self.loader):
+        batch_images = batch * self.dist.world_size
+        for index, (crops, n_skipped) in enumerate(self.loader, start=start):
             if index >= self.iters_per_epoch:
                 break
             data_time = time.perf_counter() - tick
@@ -228,11 +313,19 @@ class Trainer:
             self.metrics.write(record)
             if index % self.cfg.run.log_every == 0 or index == self.iters_per_epoch - 1:
                 self.metrics.progress(record)
+            self.iterations_done = it + 1
+            checkpoint, stop = self.control.after_iteration(it + 1)
+            if checkpoint and index + 1 < self.iters_per_epoch:
+                self.save_checkpoint(epoch, index + 1)
+            if stop:
+                break
             tick = time.perf_counter()
         duration = time.perf_counter() - epoch_start
         summary = {"epoch": epoch, "loss": float(np.mean(losses)), "skipped_images": skipped,
-                   "epoch_time": duration, "images_per_s": n_images / duration}
-        self.metrics.write({"epoch_summary": summary})
+                   "epoch_time": duration, "images_per_s": n_images / duration,
+                   "complete": index + 1 >= self.iters_per_epoch}
+        if summary["complete"]:
+            self.metrics.write({"epoch_summary": summary})
         return summary
 
 

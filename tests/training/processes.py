@@ -123,13 +123,27 @@ def wait_until(condition: Callable[[], bool], process: subprocess.Popen[bytes], 
         time.sleep(0.02)
 
 
-def trajectory_state(out: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of the final checkpoint that the trajectory determines: weights, centre, optimiser."""
-    ckpt = load_checkpoint(out / CHECKPOINT_NAME)
-    state = {f"{part}.{k}": v for part in ("student", "teacher") for k, v in ckpt[part].items()}
-    state["center"] = ckpt["dino_loss"]["center"]
+def _weights_and_optimizer(ckpt: dict[str, Any], prefix: str = "") -> dict[str, torch.Tensor]:
+    state = {f"{prefix}{part}.{k}": v for part in ("student", "teacher") for k, v in ckpt[part].items()}
     for index, slots in ckpt["optimizer"]["state"].items():
-        state.update({f"optimizer.{index}.{k}": v for k, v in slots.items() if isinstance(v, torch.Tensor)})
+        tensors = {k: v for k, v in slots.items() if isinstance(v, torch.Tensor)}
+        state.update({f"{prefix}optimizer.{index}.{k}": v for k, v in tensors.items()})
+    return state
+
+
+def trajectory_state(out: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the final checkpoint that the trajectory determines: weights, centre, optimiser (for a
+    sharded checkpoint: every rank's shards)."""
+    ckpt = load_checkpoint(out / CHECKPOINT_NAME)
+    if "shards" in ckpt:
+        state = {}
+        for file in sorted((out / ckpt["shards"]).glob("rank*.pth")):
+            shards = load_checkpoint(file)
+            plain = {part: shards[part]["tensors"] for part in ("student", "teacher")}
+            state.update(_weights_and_optimizer({**plain, "optimizer": shards["optimizer"]}, f"{file.stem}."))
+    else:
+        state = _weights_and_optimizer(ckpt)
+    state["center"] = ckpt["dino_loss"]["center"]
     state["iteration"] = torch.tensor(ckpt["iteration"])
     return state
 
