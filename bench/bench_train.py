@@ -1,15 +1,19 @@
 """Training throughput and peak memory of dinofeat-train on a fixed configuration.
 
-Config (fixed, comparable with the official implementation's 5.1 images/s = 3.1 s/iteration
-on 2 CPU cores): ViT-Tiny/16 (192 wide, 12 blocks, 3 heads), DINO head with 4096 outputs
+Config (fixed, the same as the official runner's, ../shared/reference/official-dino/
+bench_official_train.py): ViT-Tiny/16 (192 wide, 12 blocks, 3 heads), DINO head with 4096 outputs
 (hidden 2048, bottleneck 256), batch 16, 2 global crops at 224 + 2 local crops at 96, fp32,
 one data-loading worker, 512 generated 256x256 JPEG images.
 
 Usage:
     python bench/bench_train.py --iters 10
-Prints images/s (median over iterations after the first) and peak RSS, plus the ceiling that the machine's
-own matrix-multiply speed puts on this config: the arithmetic of one iteration (counted by torch's
+    python bench/bench_train.py --iters 10 --side-by-side 3
+The first prints images/s (median over iterations after the first) and peak RSS, plus the ceiling that the
+machine's own matrix-multiply speed puts on this config: the arithmetic of one iteration (counted by torch's
 FlopCounterMode, attention included) divided by the best sgemm rate measured in the same process.
+The second alternates ROUNDS runs of the official training loop (../shared/reference/official-dino/
+bench_official_train.py, as a subprocess) with ROUNDS runs of this benchmark (also a subprocess, without the
+ceiling), and reports both medians, the ratio of median images/s and of median peak RSS of the main process.
 """
 
 from __future__ import annotations
@@ -18,9 +22,12 @@ import argparse
 import json
 import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +37,8 @@ from dinofeat.training.trainer import Trainer
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-OFFICIAL_IMAGES_PER_S = 5.1
+OFFICIAL_RUNNER = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official-dino" / \
+    "bench_official_train.py"
 CONFIG = [
     "model.arch=vit_tiny", "model.patch_size=16", "model.drop_path_rate=0.1",
     "head.out_dim=4096", "optim.batch_size_per_gpu=16", "crops.local_crops_number=2",
@@ -79,10 +87,45 @@ def make_images(root: Path, n: int = 512, size: int = 256) -> None:
         image.save(root / f"{i:04d}.jpg", quality=90)
 
 
+def _run_json(command: list[str]) -> dict[str, Any]:
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    result: dict[str, Any] = json.loads(done.stdout[done.stdout.index("{"):])
+    return result
+
+
+def side_by_side(rounds: int, iters: int) -> dict[str, Any]:
+    """Alternate the official loop and this benchmark, ``rounds`` runs each, in fresh processes."""
+    if not OFFICIAL_RUNNER.is_file():
+        raise SystemExit(f"needs {OFFICIAL_RUNNER} (the read-only ../shared folder beside the project root)")
+    official, ours = [], []
+    for _ in range(rounds):
+        official.append(_run_json([sys.executable, str(OFFICIAL_RUNNER), str(iters)]))
+        ours.append(_run_json([sys.executable, __file__, "--iters", str(iters), "--no-ceiling"]))
+    official_ips = statistics.median(r["official_images_per_s"] for r in official)
+    ours_ips = statistics.median(r["images_per_s"] for r in ours)
+    official_rss = statistics.median(r["peak_rss_MiB"] for r in official)
+    ours_rss = statistics.median(r["peak_rss_main_MiB"] for r in ours)
+    return {
+        "rounds": rounds, "iterations_per_run": iters,
+        "official_images_per_s": [r["official_images_per_s"] for r in official],
+        "dinofeat_images_per_s": [r["images_per_s"] for r in ours],
+        "official_peak_rss_MiB": [r["peak_rss_MiB"] for r in official],
+        "dinofeat_peak_rss_main_MiB": [r["peak_rss_main_MiB"] for r in ours],
+        "ratio_of_median_images_per_s": round(ours_ips / official_ips, 3),
+        "ratio_of_median_peak_rss": round(ours_rss / official_rss, 3),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=8, help="iterations to time (the first is dropped)")
+    parser.add_argument("--side-by-side", type=int, metavar="ROUNDS", default=0,
+                        help="alternate ROUNDS runs of the official loop and of this benchmark")
+    parser.add_argument("--no-ceiling", action="store_true", help="skip the FLOP count and sgemm ceiling")
     args = parser.parse_args()
+    if args.side_by_side:
+        print(json.dumps(side_by_side(args.side_by_side, args.iters), indent=2))
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         images, out = Path(tmp) / "images", Path(tmp) / "run"
         make_images(images)
@@ -101,21 +144,23 @@ def main() -> int:
     # Peak memory is read before the FLOP count builds a second model.
     rss_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rss_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    flops, peak = flops_per_iteration(cfg), sgemm_flops_per_s()
-    ceiling = cfg.optim.batch_size_per_gpu * peak / flops
     median = statistics.median(times)
     ips = cfg.optim.batch_size_per_gpu / median
-    result = {
+    result: dict[str, Any] = {
         "torch_threads": torch.get_num_threads(), "iterations_timed": len(times),
         "median_s_per_iter": round(median, 3),
         "median_data_wait_s": round(statistics.median(data_times), 3), "images_per_s": round(ips, 2),
-        "vs_official_5.1": round(ips / OFFICIAL_IMAGES_PER_S, 2), "wall_s": round(wall, 1),
+        "wall_s": round(wall, 1),
         "peak_rss_main_MiB": round(rss_self), "peak_rss_worker_MiB": round(rss_children),
-        "gflop_per_iter": round(flops / 1e9, 1), "sgemm_gflop_per_s": round(peak / 1e9, 1),
-        "ceiling_images_per_s": round(ceiling, 2),
-        "ceiling_vs_official_5.1": round(ceiling / OFFICIAL_IMAGES_PER_S, 2),
         "all_iter_times": [round(t, 3) for t in times],
     }
+    if not args.no_ceiling:
+        flops, peak = flops_per_iteration(cfg), sgemm_flops_per_s()
+        ceiling = cfg.optim.batch_size_per_gpu * peak / flops
+        result.update({
+            "gflop_per_iter": round(flops / 1e9, 1), "sgemm_gflop_per_s": round(peak / 1e9, 1),
+            "ceiling_images_per_s": round(ceiling, 2),
+        })
     print(json.dumps(result, indent=2))
     return 0
 

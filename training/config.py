@@ -80,6 +80,9 @@ class DataConfig:
     file_list: str | None = None
     num_workers: int = 10
     cache_size: int | None = None  # pre-decode every image once, shorter side -> cache_size px
+    # "cpu": the official PIL multi-crop in the workers; "device": the workers only decode and draw the
+    # random parameters, the crops are made batched on the training device (training/device_augment.py).
+    augmentation: Literal["cpu", "device"] = "cpu"
 
 
 @dataclass
@@ -259,7 +262,8 @@ def config_problems(cfg: TrainConfig) -> list[str]:
     one_or_null = {"run.max_iters_per_epoch": r.max_iters_per_epoch, "data.cache_size": d.cache_size}
     choices = {"optim.optimizer": (o.optimizer, ("adamw", "sgd", "lars")),
                "run.precision": (r.precision, ("auto", "fp32", "fp16", "bf16")),
-               "run.strategy": (r.strategy, ("ddp", "fsdp"))}
+               "run.strategy": (r.strategy, ("ddp", "fsdp")),
+               "data.augmentation": (cfg.data.augmentation, ("cpu", "device"))}
     problems = [f"{k} must be >= 1, got {v}" for k, v in at_least_one.items() if v < 1]
     problems += [f"{k} must be >= 0, got {v}" for k, v in at_least_zero.items() if v < 0]
     problems += [f"{k} must be > 0, got {v}" for k, v in positive.items() if v <= 0]

@@ -28,11 +28,20 @@ from dinofeat.training.checkpoint import (
 )
 from dinofeat.training.config import TrainConfig, check_config
 from dinofeat.training.data import EpochSampler, ImageDataset, collate_crops, read_file_list
+from dinofeat.training.device_augment import (
+    CropKind,
+    DeviceMultiCrop,
+    MultiCropParams,
+    PendingCrops,
+    collate_pending,
+    crop_kinds,
+)
 from dinofeat.training.head import official_head_keys_to_parametrized
 from dinofeat.training.metrics import MetricsWriter
 from dinofeat.training.preemption import RunControl, ignore_preemption_signals
 from dinofeat.training.rng import iteration_rng, loader_generator
 from dinofeat.training.step import DinoStep, Schedules, build_student_teacher
+from PIL import Image
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -53,9 +62,18 @@ def build_dataset(cfg: TrainConfig) -> ImageDataset:
     if (d.path is None) == (d.file_list is None):
         raise ValueError("set exactly one of data.path (an image folder) and data.file_list")
     paths = list_image_files(d.path) if d.path is not None else read_file_list(str(d.file_list))
-    augmentation = MultiCropAugmentation(c.global_size, c.local_size, c.global_scale, c.local_scale,
-                                         c.local_crops_number)
+    augmentation: Callable[[Image.Image], list[torch.Tensor]]
+    if d.augmentation == "device":
+        augmentation = MultiCropParams(crop_kinds_of(cfg))
+    else:
+        augmentation = MultiCropAugmentation(c.global_size, c.local_size, c.global_scale, c.local_scale,
+                                             c.local_crops_number)
     return ImageDataset(paths, augmentation, seed=cfg.run.seed, cache_size=d.cache_size)
+
+
+def crop_kinds_of(cfg: TrainConfig) -> list[CropKind]:
+    c = cfg.crops
+    return crop_kinds(c.global_size, c.local_size, c.global_scale, c.local_scale, c.local_crops_number)
 
 
 def _check_same_network(saved: dict[str, Any], current: dict[str, Any], origin: str) -> None:
@@ -96,9 +114,10 @@ class Trainer:
         self.sampler = EpochSampler(self.dataset, num_replicas=self.dist.world_size, rank=self.dist.rank,
                                     shuffle=True, seed=cfg.run.seed, drop_last=True)
         workers = cfg.data.num_workers
+        collate = collate_pending if cfg.data.augmentation == "device" else collate_crops
         self.loader = DataLoader(self.dataset, batch_size=cfg.optim.batch_size_per_gpu, sampler=self.sampler,
                                  num_workers=workers, pin_memory=self.dist.device.type == "cuda",
-                                 drop_last=True, collate_fn=collate_crops, persistent_workers=workers > 0,
+                                 drop_last=True, collate_fn=collate, persistent_workers=workers > 0,
                                  generator=loader_generator(cfg.run.seed),
                                  worker_init_fn=ignore_preemption_signals if workers > 0 else None)
         self.iters_per_epoch = len(self.loader)
@@ -119,6 +138,7 @@ class Trainer:
         self.teacher.load_state_dict(self.student_module.state_dict(), strict=True)
         schedules = Schedules.from_config(cfg, self.iters_per_epoch, self.dist.world_size)
         self.step = DinoStep(cfg, self.student, self.teacher, schedules, device)
+        self.device_crops = DeviceMultiCrop(crop_kinds_of(cfg), device)
         self.metrics = MetricsWriter(self.output_dir, enabled=self.dist.is_main)
         self.control = RunControl(cfg.run.checkpoint_every, cfg.run.checkpoint_every_minutes, device)
         self.start_epoch = self.start_iter = 0
@@ -301,6 +321,8 @@ class Trainer:
                 break
             data_time = time.perf_counter() - tick
             it = epoch * self.iters_per_epoch + index
+            if isinstance(crops, PendingCrops):  # the GPU data path: crops made on the device
+                crops = self.device_crops(crops)
             with iteration_rng(self.cfg.run.seed, it, self.dist.rank, self.dist.device):
                 result = self.step(crops, it, epoch)
             elapsed = time.perf_counter() - tick
