@@ -150,7 +150,8 @@ def test_other_families_weights_are_named_mismatches(tmp_path, golden):
 def test_zoo_entry_builds_without_weights(spec):
     model = dinofeat.load(spec.name, pretrained=False, device="cpu")
     assert model.embed(torch.randn(1, 3, 32, 64)).shape == (1, spec.embed_dim)
-    assert spec.license.startswith("dinov3-license") and spec.source.repo_id == f"timm/{spec.name[7:]}.dinov3_lvd1689m"
+    assert spec.license.startswith("dinov3-license")
+    assert spec.source.repo_id == f"timm/{spec.name[7:]}.dinov3_lvd1689m"
     official_file = r"/dinov3_convnext_\w+_pretrain_lvd1689m-[0-9a-f]{8}\.pth$"
     assert spec.source.url is not None and re.search(official_file, spec.source.url)
 
