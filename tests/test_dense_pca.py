@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import dinofeat.dense.pca as pca_module
 from dinofeat.dense import attention_foreground, first_component_mask, fit_pca, foreground_mask
 
 
@@ -120,3 +121,13 @@ NO_PATCH = torch.zeros(1, 2, 2, dtype=torch.bool)
 def test_bad_inputs_raise_clear_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_the_rgb_range_of_a_huge_fit_comes_from_an_even_subsample(monkeypatch):
+    tokens = _anisotropic_tokens((20000,), dim=6)
+    full = fit_pca(tokens)
+    monkeypatch.setattr(pca_module, "QUANTILE_MAX_VALUES", 30000)  # torch.quantile's limit is 2**24
+    sampled = fit_pca(tokens)
+    assert torch.equal(sampled.components, full.components)
+    assert torch.allclose(sampled.low, full.low, rtol=0.1)
+    assert torch.allclose(sampled.high, full.high, rtol=0.1)

@@ -21,6 +21,8 @@ from dinofeat.masks import attention_masks
 #: outlier tokens do not wash out the picture.
 DEFAULT_CLIP_PERCENTILE = 1.0
 
+QUANTILE_MAX_VALUES = 2**24 - 1
+
 TokenInput = torch.Tensor | Sequence[torch.Tensor]
 MaskInput = torch.Tensor | Sequence[torch.Tensor] | None
 
@@ -149,7 +151,9 @@ def fit_pca(tokens: TokenInput, n_components: int = 3, mask: MaskInput = None, *
     components = (components * components.gather(1, largest).sign()).float()
     projections = centred @ components.T
     quantiles = torch.tensor([clip_percentile / 100, 1 - clip_percentile / 100], device=rows.device)
-    low, high = torch.quantile(projections, quantiles, dim=0)
+    # torch.quantile refuses inputs of more than 2**24 values: an even subsample of rows sets the range.
+    stride = max(1, projections.numel() // QUANTILE_MAX_VALUES + 1)
+    low, high = torch.quantile(projections[::stride], quantiles, dim=0)
     return PCAProjection(mean, components, eigenvalues[-n_components:].flip(0).float(), low, high)
 
 
