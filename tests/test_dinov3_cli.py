@@ -80,3 +80,28 @@ def test_embed_command_refuses_a_pth_that_does_not_fit_the_zoo_arch(tmp_path, fo
     assert main(["embed", str(folder), "-m", str(golden), "--arch", "dinov3_vits16", "-o", str(out),
                  "--device", "cpu", "--workers", "0"]) == 2
     assert "shape mismatches" in capsys.readouterr().err
+
+
+def test_dense_commands(v3_model, folder, tmp_path):
+    from PIL import Image
+
+    images = sorted((folder / "class_0").iterdir())[:2]
+    runs = {
+        "pca": ["pca", *map(str, images), "--mask", "attention"],
+        "similarity": ["similarity", str(images[0]), "--point", "5", "5", "--target", str(images[1])],
+        "match": ["match", str(images[0]), str(images[1])],
+        "segment": ["segment", *map(str, images), "--k", "2"],
+    }
+    for name, args in runs.items():
+        out = tmp_path / f"{name}.png"
+        assert main([*args, "-m", str(v3_model), "-o", str(out), "--size", "64", "--device", "cpu"]) == 0, name
+        assert Image.open(out).size[0] > 0
+
+
+def test_overlapping_patches_through_the_extractor(v3_model):
+    model = dinofeat.load(v3_model, device="cpu")
+    x = torch.randn(1, 3, 40, 48)
+    assert torch.equal(model.patch_tokens(x, stride=16), model.patch_tokens(x))  # patch size 16
+    out = model.features(x, outputs=("patches", "attention", "registers"), stride=8)
+    assert out["patches"].shape == (1, 4, 5, 32) and out["attention"].shape == (1, 2, 4, 5)
+    assert out["registers"].shape == (1, 4, 32)
