@@ -94,7 +94,8 @@ def test_dense_commands(v3_model, folder, tmp_path):
     }
     for name, args in runs.items():
         out = tmp_path / f"{name}.png"
-        assert main([*args, "-m", str(v3_model), "-o", str(out), "--size", "64", "--device", "cpu"]) == 0, name
+        options = ["-m", str(v3_model), "-o", str(out), "--size", "64", "--device", "cpu"]
+        assert main([*args, *options]) == 0, name
         assert Image.open(out).size[0] > 0
 
 
