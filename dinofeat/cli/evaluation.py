@@ -246,21 +246,21 @@ def run_index(args: argparse.Namespace) -> int:
     identity = model_id(args.model, args.random_init)
     files = list_image_files(args.folder)
     extractor = load_model(args.model, args.random_init, args.device)
-    if Path(args.output, "manifest.json").exists():
-        index = ImageIndex.open(args.output, model=identity, kind=kind)
-    else:
-        index = ImageIndex.create(
-            args.output, model=identity, kind=kind, dim=extractor.embed_dim * len(kind.split("+"))
-        )
-    new = index.missing(files)
+    dim = extractor.embed_dim * len(kind.split("+"))
+    # A first look (no lock): refuse a mismatched index before extracting, skip what is indexed.
+    current = ImageIndex.open_or_create(args.output, model=identity, kind=kind, dim=dim)
+    new = current.missing(files)
     if not new:
-        print(f"{args.output}: all {len(files)} images already indexed ({len(index)} in total)")
+        print(f"{args.output}: all {len(files)} images already indexed ({len(current)} in total)")
         return 0
     added, features = _descriptors(extractor, [Path(f) for f in new], kind, args, args.skip_unreadable)
-    if added:
-        index.add([str(f) for f in added], features)
-        index.save()
-    print(f"{args.output}: added {len(added)} images, {len(index)} in total")
+    if not added:
+        print(f"{args.output}: added 0 images, {len(current)} in total")
+        return 0
+    # Other processes may have extended the index meanwhile: extend() merges under the index's lock.
+    index, count = ImageIndex.extend(args.output, [str(f) for f in added], features, model=identity,
+                                     kind=kind)
+    print(f"{args.output}: added {count} images, {len(index)} in total")
     return 0
 
 
