@@ -31,15 +31,16 @@ from dinofeat.evaluation.knn import DEFAULT_KS, DEFAULT_TEMPERATURE, check_knn_s
 from dinofeat.evaluation.linear import LinearProbeConfig, linear_probe_features, train_linear_probe
 from dinofeat.extractor import FeatureExtractor
 from dinofeat.inputs import list_image_files
+from dinofeat.registry import BUNDLED_MODEL
 
 RANDOM_INIT_SEED = 0
 
 
-def _model_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+def _model_args(parser: argparse.ArgumentParser, default: str = f"{BUNDLED_MODEL}, bundled") -> None:
+    # default=None: "not given" stays visible (--load-features and search then trust the saved model).
     parser.add_argument(
         "--model",
-        required=required,
-        help="zoo name or dinofeat model folder (anything dinofeat.load accepts)",
+        help=f"zoo name or dinofeat model folder (anything dinofeat.load accepts; default {default})",
     )
     parser.add_argument(
         "--random-init",
@@ -50,6 +51,11 @@ def _model_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     add_workers_option(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def model_source(args: argparse.Namespace) -> str:
+    """``--model``, or the bundled model (offline) when it is not given."""
+    return str(args.model) if args.model else BUNDLED_MODEL
 
 
 def model_id(source: str, random_init: bool = False) -> str:
@@ -70,12 +76,8 @@ def _write_json(path: str, payload: Any) -> None:
 
 # ------------------------------------------------------------------ knn / linear
 def _require_dataset_args(args: argparse.Namespace) -> None:
-    """--model, --train and --val given, and both folders present (when features are to be extracted)."""
-    missing = [
-        flag
-        for flag, value in (("--model", args.model), ("--train", args.train), ("--val", args.val))
-        if not value
-    ]
+    """--train and --val given, and both folders present (when features are to be extracted)."""
+    missing = [flag for flag, value in (("--train", args.train), ("--val", args.val)) if not value]
     if missing:
         raise ValueError(f"{', '.join(missing)} required unless --load-features is given")
     for flag, folder in (("--train", args.train), ("--val", args.val)):
@@ -100,7 +102,7 @@ def _dataset_features(
             FeatureSet.load(folder / "val.safetensors", model=wanted_model, kind=kind),
         )
     _require_dataset_args(args)
-    assert wanted_model is not None
+    wanted_model = model_id(model_source(args), args.random_init)
     listings = scan_image_folder(args.train), scan_image_folder(args.val)
     if listings[0].class_names != listings[1].class_names:
         raise ValueError(
@@ -110,7 +112,7 @@ def _dataset_features(
     if check_train_count is not None:
         check_train_count(len(listings[0].files))
     init_from_env()
-    extractor = load_model(args.model, args.random_init, args.device)
+    extractor = load_model(model_source(args), args.random_init, args.device)
     feature_fn = make_fn(extractor) if make_fn else None
     sets = [
         extract_folder(
@@ -135,7 +137,7 @@ def _dataset_features(
 
 
 def _dataset_args(parser: argparse.ArgumentParser) -> None:
-    _model_args(parser, required=False)
+    _model_args(parser, default=f"{BUNDLED_MODEL}; with --load-features, the saved features' model")
     parser.add_argument("--train", help="training folder, one sub-folder per class")
     parser.add_argument("--val", help="validation folder with the same class sub-folders")
     parser.add_argument(
@@ -243,9 +245,9 @@ def _descriptors(
 
 def run_index(args: argparse.Namespace) -> int:
     kind = "cls+gem" if args.gem else "cls"
-    identity = model_id(args.model, args.random_init)
+    identity = model_id(model_source(args), args.random_init)
     files = list_image_files(args.folder)
-    extractor = load_model(args.model, args.random_init, args.device)
+    extractor = load_model(model_source(args), args.random_init, args.device)
     dim = extractor.embed_dim * len(kind.split("+"))
     # A first look (no lock): refuse a mismatched index before extracting, skip what is indexed.
     current = ImageIndex.open_or_create(args.output, model=identity, kind=kind, dim=dim)
@@ -302,7 +304,7 @@ def _source_of(identity: str) -> tuple[str, bool]:
 def run_dedup(args: argparse.Namespace) -> int:
     check_threshold(args.threshold)
     files = list_image_files(args.folder)
-    extractor = load_model(args.model, args.random_init, args.device)
+    extractor = load_model(model_source(args), args.random_init, args.device)
     listed = len(files)
     files, descriptors = _descriptors(
         extractor, files, "cls+gem" if args.gem else "cls", args, args.skip_unreadable
@@ -362,7 +364,7 @@ def add_parsers(subparsers: Any) -> None:
     search.add_argument("--top", type=int, default=10)
     search.add_argument("--json", help="write results as JSON")
     search.add_argument("--sheet", help="write a contact-sheet PNG")
-    _model_args(search, required=False)
+    _model_args(search, default="the model the index was built with")
     search.set_defaults(func=run_search)
 
     dedup = subparsers.add_parser("dedup", help="groups of near-duplicate images")
