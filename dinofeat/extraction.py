@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -255,33 +255,60 @@ def _finish(folder: Path, plan: str, settings: ExtractionSettings, units: Sequen
         return True
 
 
-def read_shards(output: str | os.PathLike[str]) -> pa.Table:
-    """All rows of a complete shard folder, in input order, as one Arrow table.
+def is_shard_folder(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a folder written by :func:`extract_to_shards`."""
+    manifest = Path(path) / MANIFEST
+    try:
+        return bool(json.loads(manifest.read_text()).get("format") == SHARDS_FORMAT)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def shard_manifest(output: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest of a complete shard folder (model, kind, size, dim, count, shards).
 
     Raises:
-        ShardError: the extraction is not complete, or a shard is unreadable.
+        ShardError: not a shard folder, or the extraction is not complete.
     """
     folder = Path(output)
     meta = _read_manifest(folder)
     if not meta.get("complete"):
         raise ShardError(f"the extraction in {folder} is not complete; run the same command again "
                          "to finish it")
-    tables = []
-    for shard in meta["shards"]:
+    return meta
+
+
+def iter_shard_tables(output: str | os.PathLike[str]) -> Iterator[pa.Table]:
+    """The non-empty shards of a complete folder, one Arrow table at a time, in input order."""
+    folder = Path(output)
+    for shard in shard_manifest(folder)["shards"]:
         if _shard_meta(folder / shard["file"])["count"]:  # a shard of only unreadable images has no rows
-            tables.append(pq.read_table(folder / shard["file"]))
+            yield pq.read_table(folder / shard["file"])
+
+
+def read_shards(output: str | os.PathLike[str]) -> pa.Table:
+    """All rows of a complete shard folder, in input order, as one Arrow table.
+
+    Raises:
+        ShardError: the extraction is not complete, or a shard is unreadable.
+    """
+    tables = list(iter_shard_tables(output))
     if not tables:
-        raise ShardError(f"{folder} holds no readable image")
+        raise ShardError(f"{output} holds no readable image")
     return pa.concat_tables(tables)
+
+
+def table_features(table: pa.Table) -> tuple[torch.Tensor, list[str]]:
+    """(features (N, D) float32, paths) of shard rows."""
+    column = table.column("cls").combine_chunks()
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    features = torch.from_numpy(values.reshape(-1, column.type.list_size).copy())
+    return features, table.column("path").to_pylist()
 
 
 def load_shards(output: str | os.PathLike[str]) -> tuple[torch.Tensor, list[str]]:
     """(features (N, D) float32, paths) of a complete shard folder."""
-    table = read_shards(output)
-    column = table.column("cls").combine_chunks()
-    dim = column.type.list_size
-    values = column.flatten().to_numpy(zero_copy_only=False)
-    return torch.from_numpy(values.reshape(-1, dim).copy()), table.column("path").to_pylist()
+    return table_features(read_shards(output))
 
 
 def print_report(report: ExtractionReport, output: str | os.PathLike[str]) -> None:

@@ -57,6 +57,7 @@ def plan_units(paths: Sequence[str | os.PathLike[str]], shard_size: int,
                files_from: str | os.PathLike[str] | None = None) -> list[Unit]:
     """Cut the inputs into units, in the order given: folders (searched recursively, sorted), image
     files, ``.tar`` shards (one unit each) and the lines of ``files_from`` (one image path per line).
+    Paths are made absolute.
 
     Raises:
         FileNotFoundError: an input does not exist, or nothing to extract was found.
@@ -73,7 +74,7 @@ def plan_units(paths: Sequence[str | os.PathLike[str]], shard_size: int,
         pending.clear()
 
     for item in [*paths, *_listed(files_from)]:
-        path = Path(item)
+        path = Path(os.path.abspath(item))  # rows name their image the same way from any folder
         if path.suffix.lower() in TAR_SUFFIXES and path.is_file():
             flush()
             units.append(Unit(len(units), tar=str(path)))

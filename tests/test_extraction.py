@@ -175,3 +175,22 @@ def test_an_output_folder_of_another_run_is_refused(model, tmp_path):
         extract_to_shards(extractor, plan_units([folder / "000.png"], 2), out, ExtractionSettings("tiny"))
     with pytest.raises(FileNotFoundError, match="no such image file, folder or tar shard"):
         plan_units([tmp_path / "missing"], 2)
+
+
+def test_index_builds_from_a_shard_folder_without_a_model_pass(model, tmp_path, capsys):
+    folder = _images(tmp_path / "imgs", 5)
+    shards = tmp_path / "shards"
+    assert main([*_embed(model, shards, str(folder)), "--shard-size", "2", "--workers", "0"]) == 0
+    index_dir = tmp_path / "index"
+    assert main(["index", str(shards), "-o", str(index_dir), "--no-progress"]) == 0
+    assert "added 5 images, 5 in total" in capsys.readouterr().out
+    direct = tmp_path / "direct"
+    assert main(["index", str(folder), "-o", str(direct), "--model", str(model), "--workers", "0",
+                 "--no-progress", "--device", "cpu"]) == 0
+    from dinofeat.evaluation.index import ImageIndex
+
+    built, expected = ImageIndex.open(index_dir), ImageIndex.open(direct)
+    assert built.files == expected.files and built.model == expected.model
+    assert np.allclose(built.features.numpy(), expected.features.numpy(), atol=1e-6)
+    assert main(["index", str(shards), "-o", str(index_dir), "--gem"]) == 2
+    assert "CLS features only" in capsys.readouterr().err

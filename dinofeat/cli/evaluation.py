@@ -29,6 +29,7 @@ from dinofeat.evaluation.features import (
 from dinofeat.evaluation.index import ImageIndex
 from dinofeat.evaluation.knn import DEFAULT_KS, DEFAULT_TEMPERATURE, check_knn_settings, knn_classify
 from dinofeat.evaluation.linear import LinearProbeConfig, linear_probe_features, train_linear_probe
+from dinofeat.extraction import is_shard_folder, iter_shard_tables, shard_manifest, table_features
 from dinofeat.extractor import FeatureExtractor
 from dinofeat.inputs import list_image_files
 from dinofeat.registry import BUNDLED_MODEL
@@ -243,7 +244,25 @@ def _descriptors(
     return kept, features
 
 
+def _index_shards(args: argparse.Namespace) -> int:
+    """Index the CLS features of a `dinofeat embed` shard folder: no model pass."""
+    meta = shard_manifest(args.folder)
+    if args.gem:
+        raise ValueError(f"{args.folder} holds CLS features only: --gem needs the patch tokens (index the "
+                         "images instead)")
+    if args.model and model_id(args.model, args.random_init) != meta["model"]:
+        raise ValueError(f"{args.folder} holds features of {meta['model']!r}, not of --model {args.model!r}")
+    parts = [table_features(table) for table in iter_shard_tables(args.folder)]
+    features = torch.nn.functional.normalize(torch.cat([f for f, _ in parts]), dim=1)
+    files = [name for _, names in parts for name in names]
+    index, count = ImageIndex.extend(args.output, files, features, model=meta["model"], kind="cls")
+    print(f"{args.output}: added {count} images, {len(index)} in total")
+    return 0
+
+
 def run_index(args: argparse.Namespace) -> int:
+    if is_shard_folder(args.folder):
+        return _index_shards(args)
     kind = "cls+gem" if args.gem else "cls"
     identity = model_id(model_source(args), args.random_init)
     files = list_image_files(args.folder)
@@ -351,7 +370,8 @@ def add_parsers(subparsers: Any) -> None:
     linear.set_defaults(func=run_linear)
 
     index = subparsers.add_parser("index", help="build or extend an image search index")
-    index.add_argument("folder", help="folder of images (searched recursively)")
+    index.add_argument("folder", help="folder of images (searched recursively), or a Parquet shard folder "
+                                      "written by `dinofeat embed` (its CLS features, no model pass)")
     index.add_argument("-o", "--output", required=True, help="index folder (extended if it exists)")
     index.add_argument("--gem", action="store_true", help="descriptor CLS ⊕ GeM(p=4) of patch tokens")
     _model_args(index)
