@@ -7,10 +7,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from dinofeat.cli import evaluation, export, features
+from dinofeat.cli import demo, evaluation, export, features
 from dinofeat.errors import ImageReadError
 
-_GROUPS = [features, evaluation, export]
+_GROUPS = [features, evaluation, export, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
