@@ -73,7 +73,7 @@ def test_the_page_in_headless_chromium(photos, tmp_path):
     webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (the dev extra)")
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     index_dir = tmp_path / "index"
     assert main(["index", str(photos), "-o", str(index_dir), "--workers", "0", "--no-progress",
@@ -115,6 +115,9 @@ def test_the_page_in_headless_chromium(photos, tmp_path):
         driver.find_element(By.ID, "upload").send_keys(str(bad))
         wait.until(lambda d: d.find_element(By.ID, "status").get_attribute("class") == "error")
         assert "not an image" in driver.find_element(By.ID, "status").text
+        # Another zoo model, not cached (the tests run offline): its load error is shown in the page.
+        Select(driver.find_element(By.ID, "model")).select_by_value("vit_s16")
+        wait.until(lambda d: "cannot load the model" in d.find_element(By.ID, "status").text)
         assert server.poll() is None
     finally:
         if driver is not None:
