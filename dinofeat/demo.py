@@ -97,7 +97,10 @@ def analyze(model: FeatureExtractor, image: Image.Image) -> Analysis:
     picture = image.resize((width, height), Image.Resampling.BICUBIC)
     batch = to_normalized_tensor(picture, model.preprocess).unsqueeze(0)
     patches = model.patch_tokens(batch)[0].cpu()
-    attention = model.cls_attention(batch)[0].cpu().numpy() if model.is_vit else None
+    try:
+        attention = model.cls_attention(batch)[0].cpu().numpy()
+    except TypeError:  # a CNN has no attention
+        attention = None
     return Analysis(np.asarray(picture), attention, pca_colours(patches),
                     torch.nn.functional.normalize(patches, dim=-1), model.embed(batch)[0].cpu())
 

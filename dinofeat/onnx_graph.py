@@ -44,12 +44,14 @@ def export_module(backbone: nn.Module, outputs: Sequence[str]) -> nn.Module:
     unknown = [name for name in outputs if name not in OUTPUTS]
     if unknown or not outputs:
         raise ValueError(f"unknown ONNX outputs {unknown or list(outputs)}; choose from {', '.join(OUTPUTS)}")
-    for backbone_type, builder in _FAMILIES.items():
-        if isinstance(backbone, backbone_type):
-            # eval(): the exporter restores the wrapper's mode afterwards, and with it its children's.
-            return builder(backbone, outputs).eval()
-    raise TypeError(f"no ONNX export for {type(backbone).__name__}; known families: "
-                    f"{', '.join(t.__name__ for t in _FAMILIES)}")
+    builder = next((b for t, b in _FAMILIES.items() if isinstance(backbone, t)), None)
+    if builder is None and hasattr(backbone, "forward_tokens"):
+        builder = TokenExport  # any other family answering the token interface (fixed-size ops only)
+    if builder is None:
+        raise TypeError(f"no ONNX export for {type(backbone).__name__}; known families: "
+                        f"{', '.join(t.__name__ for t in _FAMILIES)}")
+    # eval(): the exporter restores the wrapper's mode afterwards, and with it its children's.
+    return builder(backbone, outputs).eval()
 
 
 # ------------------------------------------------------------------ resampling as matrices
@@ -139,24 +141,36 @@ def _graph_pos_embed(vit: DinoVisionTransformer) -> Iterator[None]:
         del vit.__dict__["_pos_embed_for"]
 
 
-class ViTExport(nn.Module):
-    """A DINO / DINOv2 ViT's named outputs: ``cls`` (B, D), ``patches`` (B, h, w, D) and ``attention``
-    (B, heads, h, w), the last block's CLS attention over the patch keys."""
+class TokenExport(nn.Module):
+    """Named outputs of a backbone answering ``forward_tokens``: ``cls`` (B, D), ``patches`` (B, h, w, D)
+    and ``attention`` (B, heads, h, w), the last block's CLS attention over the patch keys."""
 
-    def __init__(self, vit: DinoVisionTransformer, outputs: Sequence[str]) -> None:
+    def __init__(self, backbone: nn.Module, outputs: Sequence[str]) -> None:
         super().__init__()
-        self.vit = vit
+        if "attention" in outputs and not getattr(backbone, "has_attention", True):
+            raise UnsupportedOutputError(f"{type(backbone).__name__} has no attention (export cls and/or "
+                                         "patches)")
+        self.backbone = backbone
         self.outputs = tuple(outputs)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        with _graph_pos_embed(self.vit):
-            result = self.vit.forward_tokens(images, cls_attention="attention" in self.outputs)
+        backbone: Any = self.backbone  # a family module: forward_tokens is not on nn.Module
+        result = backbone.forward_tokens(images, cls_attention="attention" in self.outputs)
         batch, (h, w) = images.shape[0], result.grid
         named = {"cls": result.cls, "patches": result.patches.reshape(batch, h, w, -1)}
         if result.cls_attention is not None:
             keys = result.cls_attention[:, :, result.num_prefix:]
             named["attention"] = keys.reshape(batch, keys.shape[1], h, w)
         return tuple(named[name] for name in self.outputs)
+
+
+class ViTExport(TokenExport):
+    """A DINO / DINOv2 ViT, with the position-embedding resampling computed in the graph."""
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        assert isinstance(self.backbone, DinoVisionTransformer)
+        with _graph_pos_embed(self.backbone):
+            return super().forward(images)
 
 
 class ResNetExport(nn.Module):

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from dinofeat.cli.common import add_skip_unreadable_option, add_workers_option, report_skipped
+from dinofeat.cli.evaluation import model_id
 from dinofeat.distributed import pick_device
 from dinofeat.errors import ImageReadError
 from dinofeat.evaluation.features import default_num_workers, drop_unreadable, extract_features
@@ -141,7 +142,7 @@ def _embed_to_shards(args: argparse.Namespace, size: Size | None) -> int:
     # Under torchrun each process takes its own GPU; no process group is needed (see dinofeat.extraction).
     device = args.device or str(pick_device("auto", int(os.environ.get("LOCAL_RANK", "0"))))
     model = load(args.model, arch=args.arch, device=device)
-    identity = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
+    identity = model_id(args.model)  # as indexes name it: `dinofeat index SHARDS` reuses it
     workers = default_num_workers() if args.workers is None else args.workers
     report = extract_to_shards(model, units, args.output, ExtractionSettings(identity, "cls", size),
                                batch_size=args.batch_size, num_workers=workers,
