@@ -11,6 +11,7 @@ Needs the ``onnx`` extra (``pip install 'dinofeat[onnx]'``: onnx and onnxruntime
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import warnings
@@ -78,7 +79,8 @@ def export_onnx(model: FeatureExtractor | str | os.PathLike[str], path: str | os
         opset: ONNX opset version.
         half: Weights and computation in float16 (inputs and outputs stay float32).
         check: Run the graph on two inputs (two sizes if dynamic, else two batch sizes) and compare
-            with PyTorch: at most 1e-4 absolute difference in fp32 (5e-2 in fp16).
+            with the PyTorch model in the same precision: at most 1e-4 absolute difference in fp32
+            (5e-2 in fp16).
 
     Returns:
         The paths written and the measured differences.
@@ -91,36 +93,43 @@ def export_onnx(model: FeatureExtractor | str | os.PathLike[str], path: str | os
     if size is not None and dynamic:
         raise ValueError("give a fixed size or dynamic=True, not both")
     extractor = model if isinstance(model, FeatureExtractor) else _load(model)
-    extractor = extractor.to("cpu").float().eval()
     names = list(dict.fromkeys(outputs))
-    module: nn.Module = export_module(extractor.backbone, names)
     shapes = _check_shapes(extractor, size, dynamic)
-    if half:
-        module = _Precision(module.half(), torch.float16)
+    device, dtype = extractor.device, extractor.dtype
+    # Traced and checked on the CPU in the export's precision; the export module shares the weights
+    # of ``work``. Half precision works on a copy (fp32 -> fp16 -> fp32 would round the caller's
+    # weights); a float32 round trip is exact, so the caller's model is moved and given back.
+    work = copy.deepcopy(extractor).to("cpu", torch.float16) if half else extractor.to("cpu", torch.float32)
     out = Path(path)
     differences: dict[str, float] = {}
-
-    def write(temporary: Path) -> None:
-        example = torch.zeros(shapes[0])
-        spatial = {0: "batch", 2: "height", 3: "width"} if dynamic else {0: "batch"}
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-            torch.onnx.export(module, (example,), str(temporary), dynamo=False, opset_version=opset,
-                              input_names=[INPUT_NAME], output_names=names,
-                              dynamic_axes={INPUT_NAME: spatial, **{name: {0: "batch"} for name in names}})
-        if check:
-            differences.update(_check(temporary, extractor, names, shapes, FP16_TOLERANCE if half
-                                      else FP32_TOLERANCE))
-
     try:
+        module: nn.Module = export_module(work.backbone, names)
+        if half:
+            module = _Precision(module, torch.float16)
+
+        def write(temporary: Path) -> None:
+            _trace(module, temporary, shapes[0], names, dynamic, opset)
+            if check:
+                tolerance = FP16_TOLERANCE if half else FP32_TOLERANCE
+                differences.update(_check(temporary, work, names, shapes, tolerance))
+
         replace_atomically(write, out)
     finally:
-        if half:
-            extractor.float()  # the export module shares the extractor's weights
+        extractor.to(device, dtype)
     preprocess = out.with_name(f"{out.stem}.preprocess.json")
     write_text_atomically(preprocess, json.dumps(_preprocessing(extractor, names, size, dynamic, half,
                                                                 shapes[0]), indent=1) + "\n")
     return OnnxExport(out, preprocess, differences, shapes if check else [])
+
+
+def _trace(module: nn.Module, path: Path, shape: tuple[int, int, int, int], names: Sequence[str],
+           dynamic: bool, opset: int) -> None:
+    spatial = {0: "batch", 2: "height", 3: "width"} if dynamic else {0: "batch"}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        torch.onnx.export(module, (torch.zeros(shape),), str(path), dynamo=False, opset_version=opset,
+                          input_names=[INPUT_NAME], output_names=list(names),
+                          dynamic_axes={INPUT_NAME: spatial, **{name: {0: "batch"} for name in names}})
 
 
 def _load(source: str | os.PathLike[str]) -> FeatureExtractor:

@@ -7,16 +7,18 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from eval_helpers import save_tiny_model
 from PIL import Image
 
 from dinofeat.cli import main
 from dinofeat.evaluation.index import ImageIndex
-from dinofeat.feature_files import load_features
+from dinofeat.feature_files import load_features, save_features
 from dinofeat.locking import LockTimeoutError, exclusive, lock_path
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -84,14 +86,33 @@ def _single_index(tmp_path: Path, model: Path, folder: Path) -> Path:
     return out
 
 
-def test_two_embed_processes_on_one_npy_leave_a_consistent_pair(tmp_path):
-    model = save_tiny_model(tmp_path / "model")
-    folders = [_folder(tmp_path / "a", 6, 1), _folder(tmp_path / "b", 9, 2)]
+def test_writers_racing_on_one_npy_leave_a_consistent_pair(tmp_path):
+    # Threads stand in for processes here (the lock is an OS lock per open file, so it serialises
+    # threads too); without it, one writer's array ends beside the other's file list.
     out = tmp_path / "feats.npy"
-    _finish([_dinofeat("embed", str(f), "-o", str(out), "--model", str(model), "--workers", "0",
-                       "--device", "cpu") for f in folders])
-    features, files = load_features(out)  # checks that array and file list agree
-    assert len(files) in (6, 9) and features.shape == (len(files), 32)
+    errors: list[BaseException] = []
+
+    def writer(rows: int) -> None:
+        try:
+            for _ in range(30):
+                names = [f"{rows}-{i}.png" for i in range(rows)]
+                save_features(out, torch.full((rows, 4), float(rows)), names)
+        except BaseException as error:  # reported by the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer, args=(rows,)) for rows in (3, 5)]
+    for thread in threads:
+        thread.start()
+    while any(thread.is_alive() for thread in threads):
+        if out.exists():
+            with exclusive(out):  # a reader that respects the writers' lock sees a matching pair
+                features, files = load_features(out)
+            assert len(files) == features.shape[0] == int(features[0, 0])
+    for thread in threads:
+        thread.join()
+    assert not errors
+    features, files = load_features(out)
+    assert len(files) == features.shape[0] in (3, 5)
 
 
 def test_a_killed_lock_holder_blocks_no_one(tmp_path):
@@ -113,8 +134,6 @@ def test_a_killed_lock_holder_blocks_no_one(tmp_path):
 
 
 def test_a_reader_whose_generation_is_replaced_reads_the_new_one(tmp_path, monkeypatch):
-    import torch
-
     import dinofeat.evaluation.index as index_module
 
     first = torch.nn.functional.normalize(torch.randn(2, 4))

@@ -104,10 +104,16 @@ def test_resnet_exports_cls_and_patches_and_refuses_attention(tmp_path, capsys):
 
 
 def test_half_precision_export_is_checked_with_its_own_tolerance(tmp_path):
-    result = export_onnx(_tiny("dino_v1"), tmp_path / "h.onnx", dynamic=True, half=True,
-                         outputs=("cls", "patches"))
+    model = _tiny("dino_v1")
+    images = torch.randn(2, 3, 32, 40)
+    before = model.embed(images)
+    result = export_onnx(model, tmp_path / "h.onnx", dynamic=True, half=True, outputs=("cls", "patches"))
     assert 0 < max(result.differences.values()) <= onnx_export.FP16_TOLERANCE
     assert json.loads(result.preprocess_path.read_text())["precision"] == "float16"
+    got = _run(result.path, images.numpy(), ["cls"])["cls"]
+    assert got.dtype == np.float32 and np.abs(got - before.numpy()).max() < onnx_export.FP16_TOLERANCE
+    # The model is given back as it came (float32), not left in half precision.
+    assert model.dtype == torch.float32 and torch.equal(model.embed(images), before)
 
 
 def test_a_failed_check_names_the_difference_and_keeps_the_previous_file(tmp_path, monkeypatch):
