@@ -105,12 +105,13 @@ class ImageIndex:
              ) -> ImageIndex:
         """Load and validate an index; ``model``/``kind``, when given, must equal what it was built with."""
         path = Path(directory)
-        for _ in range(READ_ATTEMPTS - 1):
+        for _ in range(READ_ATTEMPTS):
             try:
                 return cls._read(path, model, kind)
             except _GenerationReplaced:
                 continue
-        return cls._read(path, model, kind)
+        raise IndexMismatchError(f"index {path} changed {READ_ATTEMPTS} times while it was being read; "
+                                 "try again when its writers are done")
 
     @classmethod
     def open_or_create(cls, directory: str | os.PathLike[str], *, model: str, kind: str, dim: int
