@@ -46,7 +46,7 @@ def export_module(backbone: nn.Module, outputs: Sequence[str]) -> nn.Module:
         raise ValueError(f"unknown ONNX outputs {unknown or list(outputs)}; choose from {', '.join(OUTPUTS)}")
     builder = next((b for t, b in _FAMILIES.items() if isinstance(backbone, t)), None)
     if builder is None and hasattr(backbone, "forward_tokens"):
-        builder = TokenExport  # any other family answering the token interface (fixed-size ops only)
+        builder = TokenExport  # any other family answering the token interface (checked like the rest)
     if builder is None:
         raise TypeError(f"no ONNX export for {type(backbone).__name__}; known families: "
                         f"{', '.join(t.__name__ for t in _FAMILIES)}")
