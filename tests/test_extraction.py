@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -194,3 +195,12 @@ def test_index_builds_from_a_shard_folder_without_a_model_pass(model, tmp_path, 
     assert np.allclose(built.features.numpy(), expected.features.numpy(), atol=1e-6)
     assert main(["index", str(shards), "-o", str(index_dir), "--gem"]) == 2
     assert "CLS features only" in capsys.readouterr().err
+
+
+def test_progress_shows_images_per_second_and_the_eta(model, tmp_path, capsys):
+    folder = _images(tmp_path / "imgs", 6)
+    argv = ["embed", str(folder), "-o", str(tmp_path / "out"), "-m", str(model), "--device", "cpu",
+            "--batch-size", "2", "--shard-size", "3", "--workers", "0"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"6/6 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+img/s\]", err), err[-500:]
