@@ -20,6 +20,7 @@ from dinofeat.errors import (
 from dinofeat.extractor import FeatureExtractor
 from dinofeat.loading import load
 from dinofeat.masks import attention_masks
+from dinofeat.onnx_export import export_onnx
 from dinofeat.registry import get_spec, list_models
 
 __version__ = "0.1.0"
@@ -41,6 +42,7 @@ __all__ = [
     "WeightsMismatchError",
     "__version__",
     "attention_masks",
+    "export_onnx",
     "get_spec",
     "list_models",
     "load",

@@ -19,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from dinofeat.atomic_write import replace_atomically
+from dinofeat.locking import exclusive
 
 FEATURE_SUFFIXES = (".npy", ".safetensors")
 
@@ -66,9 +67,12 @@ def save_features(path: str | os.PathLike[str], features: torch.Tensor, files: S
     out.parent.mkdir(parents=True, exist_ok=True)
     array = features.detach().float().cpu().contiguous()
     if out.suffix == ".npy":
-        replace_atomically(lambda tmp: np.save(tmp, array.numpy()), out)
         listing = "".join(f"{name}\n" for name in files).encode()
-        replace_atomically(lambda tmp: tmp.write_bytes(listing), sidecar_path(out))
+        # Two files: without the lock, two processes writing one output could leave one's array
+        # beside the other's file list.
+        with exclusive(out):
+            replace_atomically(lambda tmp: np.save(tmp, array.numpy()), out)
+            replace_atomically(lambda tmp: tmp.write_bytes(listing), sidecar_path(out))
     else:
         metadata = {"files": json.dumps(list(files)), "model": model or ""}
         replace_atomically(lambda tmp: save_file({"features": array, **extra}, str(tmp),
@@ -134,7 +138,11 @@ def load_features(path: str | os.PathLike[str]) -> tuple[torch.Tensor, list[str]
             features = torch.from_numpy(np.load(file))
         except (ValueError, OSError) as error:
             raise ValueError(f"{file} is not a readable .npy feature file: {error}") from None
-        return features, listing.read_text().splitlines()
+        files = listing.read_text().splitlines()
+        if features.ndim != 2 or features.shape[0] != len(files):
+            raise ValueError(f"{file} holds {tuple(features.shape)} features but {listing.name} lists "
+                             f"{len(files)} files; write them again with `dinofeat embed`")
+        return features, files
     try:
         with safe_open(str(file), "pt") as handle:
             metadata = handle.metadata() or {}

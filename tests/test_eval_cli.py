@@ -210,7 +210,7 @@ def test_bad_inputs_are_clear_errors(tmp_path, capsys):
             ],
             "--train folder not found",
         ),
-        (["knn", "--train", str(tmp_path), "-o", "x.json"], "--model, --val required"),
+        (["knn", "--train", str(tmp_path), "-o", "x.json"], "--val required unless --load-features"),
         # Settings that cannot work are refused before the model is even loaded (it does not exist here).
         (["knn", "--model", str(no_model), "--train", str(tmp_path / "g"), "--val", str(tmp_path / "g"),
           "-o", "x.json"], "every k must be between 1 and the number of train samples 3, got [10, 20"),

@@ -7,10 +7,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from dinofeat.cli import demo, dense, evaluation, features, protocols
+from dinofeat.cli import demo, dense, evaluation, export, features, protocols
 from dinofeat.errors import ImageReadError
 
-_GROUPS = [features, evaluation, protocols, dense, demo]
+_GROUPS = [features, evaluation, protocols, dense, export, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

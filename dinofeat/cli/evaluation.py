@@ -28,17 +28,19 @@ from dinofeat.evaluation.features import (
 from dinofeat.evaluation.index import ImageIndex
 from dinofeat.evaluation.knn import DEFAULT_KS, DEFAULT_TEMPERATURE, check_knn_settings, knn_classify
 from dinofeat.evaluation.linear import LinearProbeConfig, linear_probe_features, train_linear_probe
+from dinofeat.extraction import is_shard_folder, iter_shard_tables, shard_manifest, table_features
 from dinofeat.extractor import FeatureExtractor
 from dinofeat.inputs import list_image_files
+from dinofeat.registry import BUNDLED_MODEL
 
 RANDOM_INIT_SEED = 0
 
 
-def _model_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+def _model_args(parser: argparse.ArgumentParser, default: str = f"{BUNDLED_MODEL}, bundled") -> None:
+    # default=None: "not given" stays visible (--load-features and search then trust the saved model).
     parser.add_argument(
         "--model",
-        required=required,
-        help="zoo name or dinofeat model folder (anything dinofeat.load accepts)",
+        help=f"zoo name or dinofeat model folder (anything dinofeat.load accepts; default {default})",
     )
     parser.add_argument(
         "--random-init",
@@ -49,6 +51,11 @@ def _model_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     add_workers_option(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def model_source(args: argparse.Namespace) -> str:
+    """``--model``, or the bundled model (offline) when it is not given."""
+    return str(args.model) if args.model else BUNDLED_MODEL
 
 
 def model_id(source: str, random_init: bool = False) -> str:
@@ -65,12 +72,8 @@ def load_model(source: str, random_init: bool = False, device: str | None = None
 
 # ------------------------------------------------------------------ knn / linear
 def _require_dataset_args(args: argparse.Namespace) -> None:
-    """--model, --train and --val given, and both folders present (when features are to be extracted)."""
-    missing = [
-        flag
-        for flag, value in (("--model", args.model), ("--train", args.train), ("--val", args.val))
-        if not value
-    ]
+    """--train and --val given, and both folders present (when features are to be extracted)."""
+    missing = [flag for flag, value in (("--train", args.train), ("--val", args.val)) if not value]
     if missing:
         raise ValueError(f"{', '.join(missing)} required unless --load-features is given")
     for flag, folder in (("--train", args.train), ("--val", args.val)):
@@ -95,7 +98,7 @@ def _dataset_features(
             FeatureSet.load(folder / "val.safetensors", model=wanted_model, kind=kind),
         )
     _require_dataset_args(args)
-    assert wanted_model is not None
+    wanted_model = model_id(model_source(args), args.random_init)
     listings = scan_image_folder(args.train), scan_image_folder(args.val)
     if listings[0].class_names != listings[1].class_names:
         raise ValueError(
@@ -105,7 +108,7 @@ def _dataset_features(
     if check_train_count is not None:
         check_train_count(len(listings[0].files))
     init_from_env()
-    extractor = load_model(args.model, args.random_init, args.device)
+    extractor = load_model(model_source(args), args.random_init, args.device)
     feature_fn = make_fn(extractor) if make_fn else None
     sets = [
         extract_folder(
@@ -130,7 +133,7 @@ def _dataset_features(
 
 
 def _dataset_args(parser: argparse.ArgumentParser) -> None:
-    _model_args(parser, required=False)
+    _model_args(parser, default=f"{BUNDLED_MODEL}; with --load-features, the saved features' model")
     parser.add_argument("--train", help="training folder, one sub-folder per class")
     parser.add_argument("--val", help="validation folder with the same class sub-folders")
     parser.add_argument(
@@ -236,26 +239,44 @@ def _descriptors(
     return kept, features
 
 
+def _index_shards(args: argparse.Namespace) -> int:
+    """Index the CLS features of a `dinofeat embed` shard folder: no model pass."""
+    meta = shard_manifest(args.folder)
+    if args.gem:
+        raise ValueError(f"{args.folder} holds CLS features only: --gem needs the patch tokens (index the "
+                         "images instead)")
+    if args.model and model_id(args.model, args.random_init) != meta["model"]:
+        raise ValueError(f"{args.folder} holds features of {meta['model']!r}, not of --model {args.model!r}")
+    parts = [table_features(table) for table in iter_shard_tables(args.folder)]
+    features = torch.nn.functional.normalize(torch.cat([f for f, _ in parts]), dim=1)
+    files = [name for _, names in parts for name in names]
+    index, count = ImageIndex.extend(args.output, files, features, model=meta["model"], kind="cls")
+    print(f"{args.output}: added {count} images, {len(index)} in total")
+    return 0
+
+
 def run_index(args: argparse.Namespace) -> int:
+    if is_shard_folder(args.folder):
+        return _index_shards(args)
     kind = "cls+gem" if args.gem else "cls"
-    identity = model_id(args.model, args.random_init)
+    identity = model_id(model_source(args), args.random_init)
     files = list_image_files(args.folder)
-    extractor = load_model(args.model, args.random_init, args.device)
-    if Path(args.output, "manifest.json").exists():
-        index = ImageIndex.open(args.output, model=identity, kind=kind)
-    else:
-        index = ImageIndex.create(
-            args.output, model=identity, kind=kind, dim=extractor.embed_dim * len(kind.split("+"))
-        )
-    new = index.missing(files)
+    extractor = load_model(model_source(args), args.random_init, args.device)
+    dim = extractor.embed_dim * len(kind.split("+"))
+    # A first look (no lock): refuse a mismatched index before extracting, skip what is indexed.
+    current = ImageIndex.open_or_create(args.output, model=identity, kind=kind, dim=dim)
+    new = current.missing(files)
     if not new:
-        print(f"{args.output}: all {len(files)} images already indexed ({len(index)} in total)")
+        print(f"{args.output}: all {len(files)} images already indexed ({len(current)} in total)")
         return 0
     added, features = _descriptors(extractor, [Path(f) for f in new], kind, args, args.skip_unreadable)
-    if added:
-        index.add([str(f) for f in added], features)
-        index.save()
-    print(f"{args.output}: added {len(added)} images, {len(index)} in total")
+    if not added:
+        print(f"{args.output}: added 0 images, {len(current)} in total")
+        return 0
+    # Other processes may have extended the index meanwhile: extend() merges under the index's lock.
+    index, count = ImageIndex.extend(args.output, [str(f) for f in added], features, model=identity,
+                                     kind=kind)
+    print(f"{args.output}: added {count} images, {len(index)} in total")
     return 0
 
 
@@ -297,7 +318,7 @@ def _source_of(identity: str) -> tuple[str, bool]:
 def run_dedup(args: argparse.Namespace) -> int:
     check_threshold(args.threshold)
     files = list_image_files(args.folder)
-    extractor = load_model(args.model, args.random_init, args.device)
+    extractor = load_model(model_source(args), args.random_init, args.device)
     listed = len(files)
     files, descriptors = _descriptors(
         extractor, files, "cls+gem" if args.gem else "cls", args, args.skip_unreadable
@@ -344,7 +365,8 @@ def add_parsers(subparsers: Any) -> None:
     linear.set_defaults(func=run_linear)
 
     index = subparsers.add_parser("index", help="build or extend an image search index")
-    index.add_argument("folder", help="folder of images (searched recursively)")
+    index.add_argument("folder", help="folder of images (searched recursively), or a Parquet shard folder "
+                                      "written by `dinofeat embed` (its CLS features, no model pass)")
     index.add_argument("-o", "--output", required=True, help="index folder (extended if it exists)")
     index.add_argument("--gem", action="store_true", help="descriptor CLS ⊕ GeM(p=4) of patch tokens")
     _model_args(index)
@@ -357,7 +379,7 @@ def add_parsers(subparsers: Any) -> None:
     search.add_argument("--top", type=int, default=10)
     search.add_argument("--json", help="write results as JSON")
     search.add_argument("--sheet", help="write a contact-sheet PNG")
-    _model_args(search, required=False)
+    _model_args(search, default="the model the index was built with")
     search.set_defaults(func=run_search)
 
     dedup = subparsers.add_parser("dedup", help="groups of near-duplicate images")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,14 +17,19 @@ from dinofeat.cli.common import (
     load_model_option,
     report_skipped,
 )
+from dinofeat.cli.evaluation import model_id
 from dinofeat.cli.video import add_video_options, run_attention_video, run_embed_video, video_input
+from dinofeat.distributed import pick_device
 from dinofeat.errors import ImageReadError
-from dinofeat.evaluation.features import drop_unreadable, extract_features
-from dinofeat.feature_files import check_feature_path, save_features
+from dinofeat.evaluation.features import default_num_workers, drop_unreadable, extract_features
+from dinofeat.extraction import DEFAULT_SHARD_SIZE, ExtractionSettings, extract_to_shards, print_report
+from dinofeat.feature_files import FEATURE_SUFFIXES, save_features
 from dinofeat.figures import attention_grid, save_figure
 from dinofeat.inputs import list_image_files, open_image
+from dinofeat.loading import load
 from dinofeat.preprocess import Size, pil_geometry, to_normalized_tensor
 from dinofeat.registry import list_models
+from dinofeat.sources import TAR_SUFFIXES, plan_units
 
 MAX_ATTENTION_ROWS = 32
 
@@ -32,11 +38,21 @@ def add_parsers(subparsers: Any) -> None:
     models = subparsers.add_parser("models", help="list the model zoo")
     models.set_defaults(func=run_models)
 
-    embed = subparsers.add_parser("embed", help="CLS features of images -> .npy or .safetensors, "
-                                                "or of a video's frames (with timestamps) -> .safetensors")
-    embed.add_argument("paths", nargs="+",
-                       help="image files or folders (searched recursively), or one video")
-    embed.add_argument("-o", "--output", required=True, help="output .npy (+ .txt file list) or .safetensors")
+    embed = subparsers.add_parser("embed",
+                                  help="CLS features of images -> .npy, .safetensors or Parquet shards, "
+                                       "or of a video's frames (with timestamps) -> .safetensors")
+    embed.add_argument("paths", nargs="*",
+                       help="image files, folders (searched recursively), WebDataset .tar shards, "
+                            "or one video")
+    embed.add_argument("--files-from", metavar="LIST", help="text file naming one image per line")
+    embed.add_argument("-o", "--output", required=True,
+                       help="output .npy (+ .txt file list) or .safetensors; a name without suffix is a "
+                            "folder of Parquet shards (large collections: streamed, resumable, "
+                            "one shard set per torchrun process)")
+    embed.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
+                       help=f"images per Parquet shard (default {DEFAULT_SHARD_SIZE}; "
+                            "a .tar input is one shard)")
+    embed.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     embed.add_argument("--batch-size", type=int, default=64)
     embed.add_argument("--size", type=int, nargs="+", metavar="PX",
                        help="crop size S (keeps the resize ratio) or H W (resize, no crop); default 224 crop")
@@ -85,6 +101,8 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def _image_files(paths: list[str]) -> list[Path]:
+    if not paths:
+        raise ValueError("give image files or folders")
     files: list[Path] = []
     for item in paths:
         path = Path(item)
@@ -98,15 +116,23 @@ def _image_files(paths: list[str]) -> list[Path]:
 
 
 def run_embed(args: argparse.Namespace) -> int:
-    check_feature_path(args.output)  # before any work, not after it
-    size = _size(args.size)
+    size = _size(args.size)  # before any work, not after it
     clip = video_input(args.paths)
     if clip is not None:
         return run_embed_video(args, clip, size)
+    output = Path(args.output)
+    if output.is_dir() or not output.suffix:
+        return _embed_to_shards(args, size)
+    if output.suffix not in FEATURE_SUFFIXES:
+        raise ValueError(f"-o must end in .npy or .safetensors, or name a folder (no suffix) for Parquet "
+                         f"shards; got {output.name!r}")
+    if args.files_from or any(Path(p).suffix.lower() in TAR_SUFFIXES for p in args.paths):
+        raise ValueError("--files-from and .tar shards write Parquet shards: give -o a folder, not "
+                         f"{Path(args.output).name!r}")
     files = _image_files(args.paths)
     model = load_model_option(args)
     features = extract_features(model, files, batch_size=args.batch_size, num_workers=args.workers, size=size,
-                                skip_unreadable=args.skip_unreadable)
+                                skip_unreadable=args.skip_unreadable, progress=not args.no_progress)
     assert features is not None  # single process
     if args.skip_unreadable:
         files, features, skipped = drop_unreadable(files, features)
@@ -115,6 +141,23 @@ def run_embed(args: argparse.Namespace) -> int:
             raise ImageReadError(f"none of the {len(skipped)} images could be read")
     out = save_features(args.output, features, [str(f) for f in files], model=model.name)
     print(f"wrote {tuple(features.shape)} features of {len(files)} images to {out}", file=sys.stderr)
+    return 0
+
+
+def _embed_to_shards(args: argparse.Namespace, size: Size | None) -> int:
+    if not args.paths and not args.files_from:
+        raise ValueError("give image files, folders, .tar shards or --files-from LIST")
+    units = plan_units(args.paths, args.shard_size, args.files_from)
+    # Under torchrun each process takes its own GPU; no process group is needed (see dinofeat.extraction).
+    device = args.device or str(pick_device("auto", int(os.environ.get("LOCAL_RANK", "0"))))
+    model = load(args.model, arch=args.arch, device=device)
+    identity = model_id(args.model)  # as indexes name it: `dinofeat index SHARDS` reuses it
+    workers = default_num_workers() if args.workers is None else args.workers
+    report = extract_to_shards(model, units, args.output, ExtractionSettings(identity, "cls", size),
+                               batch_size=args.batch_size, num_workers=workers,
+                               skip_unreadable=args.skip_unreadable, progress=not args.no_progress)
+    report_skipped([Path(name) for name in report.skipped])
+    print_report(report, args.output)
     return 0
 
 

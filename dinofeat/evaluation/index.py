@@ -10,6 +10,11 @@ Every save writes a new generation's data files, then atomically replaces the ma
 commit point), then deletes the previous generation: an interrupted save leaves the old index
 intact. Opening validates the format, the model and descriptor kind (when given), the
 dimension and the count of every part; any mismatch is an error naming both values.
+
+Writers are serialised: :meth:`ImageIndex.extend` re-reads the index under a file lock
+(:mod:`dinofeat.locking`), adds what is still missing and saves, so several processes extending
+one index at once lose nothing. Readers take no lock: one that finds its generation just replaced
+by a writer reads the manifest again.
 """
 
 from __future__ import annotations
@@ -29,16 +34,30 @@ from safetensors.torch import load_file, save_file
 
 from dinofeat.atomic_write import replace_atomically, write_text_atomically
 from dinofeat.evaluation.neighbors import build_index, search
+from dinofeat.locking import exclusive
 
 _log = logging.getLogger(__name__)
 
 INDEX_FORMAT = "dinofeat-index"
 INDEX_VERSION = 1
 MANIFEST = "manifest.json"
+#: Times a reader re-reads the manifest when a writer replaced its generation while it was reading.
+READ_ATTEMPTS = 5
 
 
 class IndexMismatchError(ValueError):
     """The index on disk does not fit what was asked (model, descriptor, dimension) or is inconsistent."""
+
+
+class _GenerationReplaced(Exception):
+    """A writer committed a new generation while this reader was loading the previous one."""
+
+
+def _manifest_generation(path: Path) -> int | None:
+    try:
+        return int(json.loads((path / MANIFEST).read_text())["generation"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -86,6 +105,45 @@ class ImageIndex:
              ) -> ImageIndex:
         """Load and validate an index; ``model``/``kind``, when given, must equal what it was built with."""
         path = Path(directory)
+        for _ in range(READ_ATTEMPTS):
+            try:
+                return cls._read(path, model, kind)
+            except _GenerationReplaced:
+                continue
+        raise IndexMismatchError(f"index {path} changed {READ_ATTEMPTS} times while it was being read; "
+                                 "try again when its writers are done")
+
+    @classmethod
+    def open_or_create(cls, directory: str | os.PathLike[str], *, model: str, kind: str, dim: int
+                       ) -> ImageIndex:
+        """:meth:`open` the index in ``directory`` (checking model and kind), or :meth:`create` it."""
+        if (Path(directory) / MANIFEST).exists():
+            return cls.open(directory, model=model, kind=kind)
+        return cls.create(directory, model=model, kind=kind, dim=dim)
+
+    @classmethod
+    def extend(cls, directory: str | os.PathLike[str], files: Sequence[str], features: torch.Tensor, *,
+               model: str, kind: str) -> tuple[ImageIndex, int]:
+        """Add ``files`` (absolute paths) with their descriptors to the index in ``directory``, safely
+        against other processes extending it at the same time.
+
+        Under the index's lock: read the index as it is now, drop the files another process added
+        meanwhile, add the rest, save. Creates the index if there is none.
+
+        Returns:
+            The saved index and the number of files this call added.
+        """
+        with exclusive(directory):
+            index = cls.open_or_create(directory, model=model, kind=kind, dim=int(features.shape[1]))
+            present = set(index.files)
+            keep = [row for row, name in enumerate(files) if name not in present]
+            if keep:
+                index.add([files[row] for row in keep], features[keep])
+                index.save()
+            return index, len(keep)
+
+    @classmethod
+    def _read(cls, path: Path, model: str | None, kind: str | None) -> ImageIndex:
         if not (path / MANIFEST).is_file():
             raise FileNotFoundError(f"no dinofeat index in {path} (missing {MANIFEST})")
         try:
@@ -107,16 +165,20 @@ class ImageIndex:
             raise IndexMismatchError(f"{path / MANIFEST} lacks or garbles a field: {error}") from None
         features_file = path / f"features-{generation}.safetensors"
         faiss_file = path / f"faiss-{generation}.index"
-        if not features_file.is_file():
-            raise IndexMismatchError(f"index {path} is incomplete: missing {features_file.name}")
         try:
             features = load_file(str(features_file))["features"]
+        except FileNotFoundError:
+            if _manifest_generation(path) != generation:
+                raise _GenerationReplaced from None
+            raise IndexMismatchError(f"index {path} is incomplete: missing {features_file.name}") from None
         except (SafetensorError, KeyError) as error:
             raise IndexMismatchError(f"index {path} is damaged: {features_file.name} cannot be read "
                                      f"({error}); build it again with `dinofeat index`") from None
         try:
             index = faiss.read_index(str(faiss_file))
         except RuntimeError as error:
+            if _manifest_generation(path) != generation:
+                raise _GenerationReplaced from None
             # The faiss file only mirrors the features: rebuild it instead of failing.
             _log.warning("index %s: %s is unreadable (%s); rebuilt from %s", path, faiss_file.name,
                          str(error).splitlines()[-1], features_file.name)

@@ -1,0 +1,110 @@
+"""Whole-extraction throughput (decode, preprocess, forward, write Parquet shards) vs the bare forward.
+
+Generates a folder of small JPEGs (or reuses --folder), then runs ``dinofeat.extraction`` on it with
+several numbers of DataLoader workers (the default, ``default_num_workers()``, among them), each in a
+fresh output folder, and times the bare forward pass of the same model on already-preprocessed
+batches of the same size. The gap between the two is the data-loading and writing overhead.
+
+Usage: nice -n 10 python bench/bench_extract.py [--images 20000] [--workers 0 1 2 4] [--model M]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import dinofeat
+from dinofeat.evaluation.features import default_num_workers
+from dinofeat.extraction import ExtractionSettings, extract_to_shards, read_shards
+from dinofeat.registry import BUNDLED_MODEL
+from dinofeat.sources import plan_units
+
+
+def make_jpegs(folder: Path, count: int, side: int = 128) -> None:
+    """``count`` random-texture JPEGs of ``side`` px (quality 90), ~5-10 kB each."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        coarse = rng.integers(0, 256, (side // 8, side // 8, 3), dtype=np.uint8)
+        image = Image.fromarray(coarse).resize((side, side), Image.Resampling.BILINEAR)
+        image.save(folder / f"{index:06d}.jpg", quality=90)
+
+
+def time_extraction(model: dinofeat.FeatureExtractor, folder: Path, workers: int, batch_size: int,
+                    shard_size: int) -> float:
+    """Images/s of a complete extraction into a fresh folder (removed afterwards)."""
+    output = Path(tempfile.mkdtemp(prefix="bench-shards-"))
+    try:
+        units = plan_units([folder], shard_size)
+        start = time.perf_counter()
+        report = extract_to_shards(model, units, output, ExtractionSettings(BUNDLED_MODEL),
+                                   batch_size=batch_size, num_workers=workers, progress=False)
+        seconds = time.perf_counter() - start
+        assert report.complete and len(read_shards(output)) == report.images
+        return report.images / seconds
+    finally:
+        shutil.rmtree(output)
+
+
+@torch.inference_mode()
+def time_forward(model: dinofeat.FeatureExtractor, images: int, batch_size: int) -> float:
+    """Images/s of the forward pass alone on preprocessed batches of the model's crop size."""
+    crop = model.preprocess.crop
+    batch = torch.randn(batch_size, 3, crop, crop)
+    model(batch)  # warm-up
+    batches = -(-images // batch_size)
+    start = time.perf_counter()
+    for _ in range(batches):
+        model(batch)
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=int, default=20_000)
+    parser.add_argument("--folder", type=Path, help="reuse a folder of images instead of generating one")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2, 4])
+    parser.add_argument("--model", default=BUNDLED_MODEL)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--shard-size", type=int, default=5_000)
+    args = parser.parse_args()
+    model = dinofeat.load(args.model, device="cpu")
+    scratch = None
+    folder = args.folder
+    if folder is None:
+        scratch = Path(tempfile.mkdtemp(prefix="bench-jpegs-"))
+        folder = scratch / "images"
+        start = time.perf_counter()
+        make_jpegs(folder, args.images)
+        print(f"generated {args.images} JPEGs in {time.perf_counter() - start:.0f} s", flush=True)
+    try:
+        default = default_num_workers()
+        rates = {}
+        for workers in sorted(set(args.workers) | {default}):
+            rates[workers] = time_extraction(model, folder, workers, args.batch_size, args.shard_size)
+            print(f"extraction, {workers} workers: {rates[workers]:.1f} images/s", flush=True)
+        forward = time_forward(model, min(args.images, 5_000), args.batch_size)
+        best = max(rates, key=lambda w: rates[w])
+        result = {"model": args.model, "images": len(list(folder.iterdir())), "cpus": os.cpu_count(),
+                  "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size,
+                  "default_workers": default, "rates": rates, "best_workers": best, "forward": forward}
+        print(json.dumps(result))
+        print(f"| whole extraction, default {default} workers | {rates[default]:.1f} |")
+        print(f"| whole extraction, best ({best} workers) | {rates[best]:.1f} |")
+        print(f"| bare forward (preprocessed batches) | {forward:.1f} |")
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch)
+
+
+if __name__ == "__main__":
+    main()
