@@ -93,6 +93,10 @@ def export_onnx(model: FeatureExtractor | str | os.PathLike[str], path: str | os
     if size is not None and dynamic:
         raise ValueError("give a fixed size or dynamic=True, not both")
     extractor = model if isinstance(model, FeatureExtractor) else _load(model)
+    rope_dtype = getattr(extractor.backbone.config, "pos_embed_rope_dtype", "fp32")
+    if rope_dtype != "fp32":  # ONNX has no bfloat16 Range / complex-free lowering of these tables
+        raise ValueError(f"ONNX export needs float32 RoPE tables; this model computes them in {rope_dtype} "
+                         "(pos_embed_rope_dtype; every released DINOv3 model uses fp32)")
     names = list(dict.fromkeys(outputs))
     shapes = _check_shapes(extractor, size, dynamic)
     device, dtype = extractor.device, extractor.dtype

@@ -72,6 +72,39 @@ def test_dynamic_vit_export_matches_pytorch_at_any_size(family, outputs, tmp_pat
         assert np.abs(got[name] - expected[name].numpy()).max() <= 1e-4, name
 
 
+V3 = {"family": "dinov3", "patch_size": 16, "embed_dim": 32, "depth": 2, "num_heads": 2,
+      "n_storage_tokens": 4, "mask_k_bias": True, "layerscale_init": 1e-5}
+
+
+def test_dinov3_rope_vit_exports_dynamic_sizes(tmp_path):
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="needs float32 RoPE tables; this model computes them in bf16"):
+        export_onnx(dinofeat.load({**V3, "pos_embed_rope_dtype": "bf16"}, device="cpu"), tmp_path / "b.onnx")
+    assert not list(tmp_path.iterdir())
+    model = dinofeat.load({**V3, "pos_embed_rope_dtype": "fp32"}, device="cpu")
+    model.preprocess = PreprocessConfig(resize=73, crop=64)
+    outputs = ("cls", "patches", "attention")
+    result = export_onnx(model, tmp_path / "v3.onnx", dynamic=True, outputs=outputs)
+    assert max(result.differences.values()) <= 1e-4
+    images = torch.randn(2, 3, 48, 80)  # a size never seen at export: RoPE is computed in the graph
+    got = _run(result.path, images.numpy(), list(outputs))
+    expected = {"cls": model.embed(images), "patches": model.patch_tokens(images),
+                "attention": model.cls_attention(images)}
+    for name in outputs:
+        assert np.abs(got[name] - expected[name].numpy()).max() <= 1e-4, name
+
+
+def test_dinov3_convnext_exports_cls_and_patches_and_refuses_attention(tmp_path):
+    torch.manual_seed(0)
+    model = dinofeat.load({"family": "dinov3_convnext", "depths": [1, 1, 1, 1], "dims": [8, 8, 16, 16]},
+                          device="cpu")
+    model.preprocess = PreprocessConfig(resize=73, crop=64)
+    with pytest.raises(UnsupportedOutputError):
+        export_onnx(model, tmp_path / "c.onnx", outputs=("cls", "attention"))
+    result = export_onnx(model, tmp_path / "c.onnx", dynamic=True)
+    assert max(result.differences.values()) <= 1e-4
+
+
 def test_fixed_size_export_from_the_cli_writes_the_preprocessing(tmp_path, capsys):
     model_dir = save_tiny_model(tmp_path / "model")
     out = tmp_path / "fixed.onnx"
