@@ -13,30 +13,18 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import time
 from collections.abc import Callable
 
 import faiss
 import numpy as np
 import torch
+from timing import interleaved_medians
 
 import dinofeat
 from dinofeat.dense.pca import fit_pca
 
 PCA_SIZES = [(784, 192), (3136, 192), (3136, 384), (12544, 384), (10000, 768)]
-
-
-def _median_ms(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    for run in variants.values():  # warm-up
-        run()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, run in variants.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: 1000 * statistics.median(values) for name, values in times.items()}
 
 
 def _best_ms(run: Callable[[], object], repeats: int) -> float:
@@ -69,7 +57,7 @@ def bench_features(batch: int, repeats: int, device: str) -> None:
             lambda: model.features(ready, outputs=("cls", "patches", "registers", "attention", "layers"),
                                    progress=False)),
     }
-    medians = _median_ms(variants, repeats)
+    medians = {name: 1000 * seconds for name, seconds in interleaved_medians(variants, repeats).items()}
     reference = medians["embed()"]
     print(f"\n## features vs embed (ViT-S/16, batch {batch} at 224 x 224, {device}, median of {repeats})\n")
     print("| variant | ms / batch | time / embed() |\n|---|---|---|")

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from timing import interleaved_medians
 
 from dinofeat.cli import main
 from dinofeat.loading import load
@@ -43,12 +42,6 @@ def _clip(path: Path, frames: int, side: int) -> Path:
             frame[disc] = (220, 30, 30)
             writer.write(frame)
     return path
-
-
-def _timed(run: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    run()
-    return time.perf_counter() - start
 
 
 def main_bench() -> None:
@@ -74,13 +67,7 @@ def main_bench() -> None:
         "network only: cls_attention": lambda: model.cls_attention(batch, batch_size=args.batch_size),
         "network only: patch_tokens": lambda: model.patch_tokens(batch, batch_size=args.batch_size),
     }
-    for run in runs.values():  # warm-up
-        run()
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(args.repeats):
-        for name, run in runs.items():
-            seconds[name].append(_timed(run))
-    fps = {name: args.frames / statistics.median(times) for name, times in seconds.items()}
+    fps = {name: args.frames / seconds for name, seconds in interleaved_medians(runs, args.repeats).items()}
     result = {
         "frames": args.frames, "side": args.side, "model": BUNDLED_MODEL, "codec": output_codec(),
         "threads": args.threads, "repeats": args.repeats,

@@ -234,25 +234,17 @@ def test_davis_missing_annotations_are_named_and_nothing_written_is_lost(tmp_pat
 
 
 # ------------------------------------------------------------------ segmentation probe
+def _segprobe(model: Path, root: Path, **options: object) -> list[str]:
+    """``segprobe`` on ``root/train`` and ``root/val`` at 64 px, caching under ``root/cache``."""
+    return [*_cli("segprobe", train=root / "train", val=root / "val", image_size="64", model=model,
+                  cache=root / "cache", **options), *COMMON]
+
+
 def test_segprobe_end_to_end(tiny_model, tmp_path):
     make_shapes_split(tmp_path / "train", 12, seed=0)
     make_shapes_split(tmp_path / "val", 4, seed=1, layout="voc")
     out = tmp_path / "s.json"
-    argv = [
-        *_cli(
-            "segprobe",
-            train=tmp_path / "train",
-            val=tmp_path / "val",
-            num_classes="4",
-            image_size="64",
-            epochs="12",
-            lr="0.02",
-            model=tiny_model,
-            cache=tmp_path / "cache",
-            output_json=out,
-        ),
-        *COMMON,
-    ]
+    argv = _segprobe(tiny_model, tmp_path, num_classes="4", epochs="12", lr="0.02", output_json=out)
     assert main(argv) == 0
     result = json.loads(out.read_text())
     assert result["final"]["mIoU"] > 0.6 and len(result["history"]) == 12
@@ -261,18 +253,6 @@ def test_segprobe_end_to_end(tiny_model, tmp_path):
 def test_segprobe_label_beyond_the_classes_is_named(tiny_model, tmp_path, capsys):
     make_shapes_split(tmp_path / "train", 2, seed=0)
     make_shapes_split(tmp_path / "val", 2, seed=1)
-    argv = [
-        *_cli(
-            "segprobe",
-            train=tmp_path / "train",
-            val=tmp_path / "val",
-            num_classes="3",
-            image_size="64",
-            model=tiny_model,
-            cache=tmp_path / "cache",
-        ),
-        *COMMON,
-    ]
-    assert main(argv) == 2
+    assert main(_segprobe(tiny_model, tmp_path, num_classes="3")) == 2
     assert "has label 3, beyond the 3 classes" in capsys.readouterr().err
     assert not (tmp_path / "cache").exists()

@@ -26,10 +26,19 @@ def _vit(kind: str) -> torch.nn.Module:
     return vit
 
 
-@pytest.mark.parametrize("kind", FAMILIES)
+V3 = dict(family="dinov3", patch_size=8, embed_dim=32, depth=2, num_heads=2, n_storage_tokens=4,
+          layerscale_init=1e-5, mask_k_bias=True)
+
+
+def _v3() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_backbone(arch_from_dict(V3)).eval()
+
+
+@pytest.mark.parametrize("kind", [*FAMILIES, "v3"])
 @pytest.mark.parametrize("hw", [(32, 32), (40, 56), (44, 35)])
 def test_stride_equal_to_patch_is_the_ordinary_forward_bit_for_bit(kind, hw):
-    vit = _vit(kind)
+    vit = _v3() if kind == "v3" else _vit(kind)
     x = torch.randn(2, 3, *hw)
     with torch.no_grad():
         plain = vit.forward_tokens(x, cls_attention=True, blocks=[0])
@@ -38,6 +47,13 @@ def test_stride_equal_to_patch_is_the_ordinary_forward_bit_for_bit(kind, hw):
     assert torch.equal(strided.tokens, plain.tokens)
     assert torch.equal(strided.cls_attention, plain.cls_attention)
     assert torch.equal(strided.intermediates[0], plain.intermediates[0])
+
+
+@pytest.mark.parametrize("kind", ["v1", "v3"])
+def test_image_smaller_than_one_patch_is_refused_naming_its_size(kind):
+    vit = _v3() if kind == "v3" else _vit(kind)
+    with pytest.raises(ValueError, match="image of 7x32 px is smaller than one 8x8 patch"):
+        vit.forward_tokens(torch.randn(1, 3, 7, 32))
 
 
 @pytest.mark.parametrize("kind", FAMILIES)
@@ -109,28 +125,6 @@ def test_extractor_threads_stride_and_resnet_refuses_it():
     resnet = build_backbone(ResNetConfig())
     with pytest.raises(NotImplementedError, match="ResNet has no patches to overlap"):
         resnet.forward_tokens(torch.randn(1, 3, 64, 64), patch_stride=4)
-
-
-V3 = dict(family="dinov3", patch_size=8, embed_dim=32, depth=2, num_heads=2, n_storage_tokens=4,
-          layerscale_init=1e-5, mask_k_bias=True)
-
-
-def _v3() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return build_backbone(arch_from_dict(V3)).eval()
-
-
-@pytest.mark.parametrize("hw", [(32, 32), (40, 56), (44, 35)])
-def test_dinov3_stride_equal_to_patch_is_the_ordinary_forward_bit_for_bit(hw):
-    vit = _v3()
-    x = torch.randn(2, 3, *hw)
-    with torch.no_grad():
-        plain = vit.forward_tokens(x, cls_attention=True, blocks=[0])
-        strided = vit.forward_tokens(x, cls_attention=True, blocks=[0], patch_stride=8)
-    assert strided.grid == plain.grid
-    assert torch.equal(strided.tokens, plain.tokens)
-    assert torch.equal(strided.cls_attention, plain.cls_attention)
-    assert torch.equal(strided.intermediates[0], plain.intermediates[0])
 
 
 def test_dinov3_half_stride_puts_rope_at_the_new_patch_centres():

@@ -124,11 +124,7 @@ def _view_mask(method: str, out: dict[str, torch.Tensor]) -> torch.Tensor | None
 def run_similarity(args: argparse.Namespace) -> int:
     if Path(args.image).is_dir():
         raise ValueError(f"the query must be one image file; {args.image} is a folder (see --target)")
-    query_file = _image_files([args.image])
-    targets = _files(args.target) if args.target else []
-    files = query_file + targets
-    if len(files) > MAX_FIGURE_IMAGES:
-        raise ValueError(f"the figure takes at most {MAX_FIGURE_IMAGES} images, got {len(files)}")
+    files = _files([args.image, *args.target])  # the query first
     size = _dense_size(args.size)
     model = load_model_option(args)
     views = _views(model, files, size)

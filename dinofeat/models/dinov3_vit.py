@@ -202,11 +202,9 @@ class DinoV3VisionTransformer(nn.Module):
                        ) -> tuple[torch.Tensor, tuple[int, int], RopeTables]:
         """[CLS, storage..., patches row by row] (B, P + h*w, D), the input of block 0, its grid and
         the RoPE tables of its patch centres (see :meth:`forward_tokens` for ``patch_stride``)."""
-        check_images(x, self.config.in_chans)
         patch = self.config.patch_size
+        check_images(x, self.config.in_chans, patch)
         height, width = x.shape[2], x.shape[3]
-        if height < patch or width < patch:
-            raise ValueError(f"image of {height}x{width} px is smaller than one {patch}x{patch} patch")
         if patch_stride is None or patch_stride == patch:
             patches = self.patch_embed(x)
             rope = self.rope_embed.for_grid(patches.shape[1], patches.shape[2])

@@ -90,10 +90,14 @@ class TokenBackbone(Protocol):
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
-def check_images(x: torch.Tensor, in_chans: int = 3) -> None:
-    """Refuse anything but a (N, C, H, W) batch with the backbone's channel count."""
+def check_images(x: torch.Tensor, in_chans: int = 3, patch_size: int | None = None) -> None:
+    """Refuse anything but a (N, C, H, W) batch with the backbone's channel count and, given a
+    ``patch_size``, at least one patch on each side."""
     if x.ndim != 4 or x.shape[1] != in_chans:
         raise ValueError(f"expected images of shape (N, {in_chans}, H, W), got {tuple(x.shape)}")
+    height, width = x.shape[2], x.shape[3]
+    if patch_size is not None and (height < patch_size or width < patch_size):
+        raise ValueError(f"image of {height}x{width} px is smaller than one {patch_size}x{patch_size} patch")
 
 
 def selected_blocks(blocks: Sequence[int], depth: int) -> list[int]:

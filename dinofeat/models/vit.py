@@ -108,11 +108,9 @@ class DinoVisionTransformer(VisionTransformer):
             patch_stride: Overlapping patches (see :meth:`forward_tokens`); None or the patch size
                 for the ordinary grid.
         """
-        check_images(x)
-        batch, _, height, width = x.shape
         patch = self.config.patch_size
-        if height < patch or width < patch:
-            raise ValueError(f"image of {height}x{width} px is smaller than one {patch}x{patch} patch")
+        check_images(x, patch_size=patch)
+        batch, _, height, width = x.shape
         if patch_stride is None or patch_stride == patch:
             # The official stride-P convolution drops remainder pixels; timm asserts instead.
             x = x[:, :, : height - height % patch, : width - width % patch]
