@@ -31,9 +31,8 @@ from dinofeat.evaluation.linear import LinearProbeConfig, linear_probe_features,
 from dinofeat.extraction import is_shard_folder, iter_shard_tables, shard_manifest, table_features
 from dinofeat.extractor import FeatureExtractor
 from dinofeat.inputs import list_image_files
+from dinofeat.model_ids import RANDOM_INIT_SEED, model_id
 from dinofeat.registry import BUNDLED_MODEL
-
-RANDOM_INIT_SEED = 0
 
 
 def _model_args(parser: argparse.ArgumentParser, default: str = f"{BUNDLED_MODEL}, bundled") -> None:
@@ -56,12 +55,6 @@ def _model_args(parser: argparse.ArgumentParser, default: str = f"{BUNDLED_MODEL
 def model_source(args: argparse.Namespace) -> str:
     """``--model``, or the bundled model (offline) when it is not given."""
     return str(args.model) if args.model else BUNDLED_MODEL
-
-
-def model_id(source: str, random_init: bool = False) -> str:
-    """What identifies a model in feature files and indexes: the zoo name or the absolute folder path."""
-    identity = str(Path(source).resolve()) if Path(source).is_dir() else source
-    return f"{identity}:random-init-seed{RANDOM_INIT_SEED}" if random_init else identity
 
 
 def load_model(source: str, random_init: bool = False, device: str | None = None) -> FeatureExtractor:

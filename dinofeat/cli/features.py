@@ -17,7 +17,6 @@ from dinofeat.cli.common import (
     load_model_option,
     report_skipped,
 )
-from dinofeat.cli.evaluation import model_id
 from dinofeat.cli.video import add_video_options, run_attention_video, run_embed_video, video_input
 from dinofeat.distributed import pick_device
 from dinofeat.errors import ImageReadError
@@ -27,6 +26,7 @@ from dinofeat.feature_files import FEATURE_SUFFIXES, save_features
 from dinofeat.figures import attention_grid, save_figure
 from dinofeat.inputs import list_image_files, open_image
 from dinofeat.loading import load
+from dinofeat.model_ids import model_id
 from dinofeat.preprocess import Size, pil_geometry, to_normalized_tensor
 from dinofeat.registry import list_models
 from dinofeat.sources import TAR_SUFFIXES, plan_units

@@ -10,11 +10,11 @@ from typing import Any
 import torch
 from PIL import Image
 
-from dinofeat.cli.evaluation import model_id
 from dinofeat.evaluation.descriptors import descriptor_fn
 from dinofeat.evaluation.index import ImageIndex
 from dinofeat.extractor import FeatureExtractor
 from dinofeat.inputs import open_image
+from dinofeat.model_ids import model_id
 from dinofeat.preprocess import preprocess_pil
 
 DEFAULT_TOP = 8
