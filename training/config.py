@@ -97,6 +97,10 @@ class RunConfig:
     # k-NN monitoring (weighted 20-NN of the teacher) on labelled ImageFolder-style folders.
     eval_train: str | None = None
     eval_val: str | None = None
+    # Collapse guard (dinofeat.training.collapse): windows of N iterations (0: one epoch), and how many
+    # collapsed windows in a row trigger its one warning.
+    collapse_window: int = 0
+    collapse_patience: int = 3
 
 
 @dataclass
@@ -235,7 +239,7 @@ def config_problems(cfg: TrainConfig) -> list[str]:
         "run.epochs": r.epochs, "optim.batch_size_per_gpu": o.batch_size_per_gpu,
         "crops.global_size": c.global_size, "crops.local_size": c.local_size, "head.out_dim": h.out_dim,
         "head.hidden_dim": h.hidden_dim, "head.bottleneck_dim": h.bottleneck_dim, "head.nlayers": h.nlayers,
-        "run.log_every": r.log_every,
+        "run.log_every": r.log_every, "run.collapse_patience": r.collapse_patience,
     }
     at_least_zero = {
         "crops.local_crops_number": c.local_crops_number, "optim.min_lr": o.min_lr,
@@ -243,6 +247,7 @@ def config_problems(cfg: TrainConfig) -> list[str]:
         "optim.clip_grad": o.clip_grad, "optim.freeze_last_layer": o.freeze_last_layer,
         "run.saveckp_freq": r.saveckp_freq, "run.eval_every": r.eval_every, "data.num_workers": d.num_workers,
         "loss.warmup_teacher_temp_epochs": loss.warmup_teacher_temp_epochs,
+        "run.collapse_window": r.collapse_window,
     }
     positive = {
         "optim.lr": o.lr, "loss.teacher_temp": loss.teacher_temp,
@@ -262,8 +267,8 @@ def config_problems(cfg: TrainConfig) -> list[str]:
         problems.append(f"optim.warmup_epochs ({o.warmup_epochs}) must lie in [0, run.epochs = {r.epochs}]")
     if not 0 <= o.momentum_teacher <= 1:
         problems.append(f"optim.momentum_teacher must lie in [0, 1], got {o.momentum_teacher}")
-    if not 0 <= loss.center_momentum < 1:
-        problems.append(f"loss.center_momentum must lie in [0, 1), got {loss.center_momentum}")
+    if not 0 <= loss.center_momentum <= 1:  # 1 keeps the centre at zero: no centring (paper ablation)
+        problems.append(f"loss.center_momentum must lie in [0, 1], got {loss.center_momentum}")
     if not 0 <= cfg.model.drop_path_rate < 1:
         problems.append(f"model.drop_path_rate must lie in [0, 1), got {cfg.model.drop_path_rate}")
     for name, (low, high) in (("crops.global_scale", c.global_scale), ("crops.local_scale", c.local_scale)):

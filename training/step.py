@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from dinofeat.training.collapse import collapse_stats
 from dinofeat.training.config import TrainConfig, build_arch
 from dinofeat.training.ema import ema_update
 from dinofeat.training.head import DINOHead
@@ -127,7 +128,8 @@ class DinoStep:
         """Run global iteration ``it`` (of epoch ``epoch``) on a list of crop batches.
 
         Returns:
-            ``loss``, ``lr``, ``wd``, ``momentum``, ``teacher_temp`` of this iteration.
+            ``loss``, ``lr``, ``wd``, ``momentum``, ``teacher_temp`` of this iteration, and the collapse
+            guard's statistics (:func:`~dinofeat.training.collapse.collapse_stats`).
 
         Raises:
             NonFiniteLossError: before any parameter changes, if the loss is not finite.
@@ -143,6 +145,8 @@ class DinoStep:
         with self._autocast():
             teacher_out = self.teacher(crops[:2])
             student_out = self.student(crops)
+            stats = collapse_stats(teacher_out, student_out, self.loss_fn.center, temp,
+                                   self.cfg.loss.student_temp)
             loss = self.loss_fn(student_out, teacher_out, teacher_temp=temp)
         loss_value = loss.item()
         if not np.isfinite(loss_value):
@@ -152,7 +156,7 @@ class DinoStep:
             )
         self._backward_and_step(loss, epoch)
         ema_update(self.teacher, _unwrap(self.student), momentum)
-        return {"loss": loss_value, "lr": lr, "wd": wd, "momentum": momentum, "teacher_temp": temp}
+        return {"loss": loss_value, "lr": lr, "wd": wd, "momentum": momentum, "teacher_temp": temp, **stats}
 
     def _backward_and_step(self, loss: torch.Tensor, epoch: int) -> None:
         o = self.cfg.optim

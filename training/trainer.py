@@ -26,6 +26,7 @@ from dinofeat.training.checkpoint import (
     load_checkpoint,
     restore_rng_state,
 )
+from dinofeat.training.collapse import CollapseDetector
 from dinofeat.training.config import TrainConfig, check_config
 from dinofeat.training.data import EpochSampler, ImageDataset, collate_crops, read_file_list
 from dinofeat.training.head import official_head_keys_to_parametrized
@@ -122,6 +123,8 @@ class Trainer:
         schedules = Schedules.from_config(cfg, self.iters_per_epoch, self.dist.world_size)
         self.step = DinoStep(cfg, self.student, self.teacher, schedules, device)
         self.metrics = MetricsWriter(self.output_dir, enabled=self.dist.is_main)
+        self.collapse = CollapseDetector(cfg.head.out_dim, cfg.run.collapse_window or self.iters_per_epoch,
+                                         cfg.run.collapse_patience)
         self.start_epoch = 0
         self._maybe_resume()
 
@@ -222,8 +225,13 @@ class Trainer:
             record = {"epoch": epoch, "iteration": it, "iter_in_epoch": index,
                       "iters_per_epoch": self.iters_per_epoch, **result,
                       "images_per_s": batch_images / elapsed, "data_time": data_time, "iter_time": elapsed}
+            warning = self.collapse.observe(result)
+            if warning is not None:
+                record["collapse_warning"] = warning
+                if self.dist.is_main:
+                    _log.warning(warning)
             self.metrics.write(record)
-            if index % self.cfg.run.log_every == 0 or index == self.iters_per_epoch - 1:
+            if warning or index % self.cfg.run.log_every == 0 or index == self.iters_per_epoch - 1:
                 self.metrics.progress(record)
             tick = time.perf_counter()
         duration = time.perf_counter() - epoch_start
