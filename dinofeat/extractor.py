@@ -74,7 +74,7 @@ class FeatureExtractor(nn.Module):
                  ) -> Iterator[torch.Tensor]:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        total = count_images(images)
+        total = count_images(images, self.preprocess)
         n_batches = -(-total // batch_size)
         show = progress if progress is not None else n_batches >= PROGRESS_MIN_BATCHES
         batches = iter_batches(images, self.preprocess, size, batch_size)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from dinofeat.bands import band_items, iter_band_batches
 from dinofeat.config import PreprocessConfig
 from dinofeat.errors import ImageReadError
 from dinofeat.preprocess import Size, pil_geometry, to_normalized_tensor
@@ -104,7 +105,9 @@ def _to_pil(item: Any, index: int) -> Image.Image:
     raise TypeError(f"unsupported image type for item #{index}: {type(item).__name__}")
 
 
-def count_images(images: Any) -> int:
+def count_images(images: Any, config: PreprocessConfig | None = None) -> int:
+    if config is not None and config.bands is not None:
+        return len(band_items(images, config.bands))
     if isinstance(images, torch.Tensor) and images.is_floating_point():
         return int(images.shape[0])
     return len(_expand(images))
@@ -118,8 +121,13 @@ def iter_batches(
 
     A floating-point tensor (N, 3, H, W) is taken as already preprocessed and only split into
     batches. Everything else is decoded to RGB and goes through the model's preprocessing; all
-    images of one call must come out at the same size (they do with the default crop).
+    images of one call must come out at the same size (they do with the default crop). A C-band
+    model (``config.bands`` set) takes band files and raw float arrays / tensors instead
+    (:func:`dinofeat.bands.iter_band_batches`).
     """
+    if config.bands is not None:
+        yield from iter_band_batches(images, config.bands, config.resize, config.crop, size, batch_size)
+        return
     if isinstance(images, torch.Tensor) and images.is_floating_point():
         if size is not None:
             raise ValueError("size= resizes images that dinofeat preprocesses; a float tensor is taken as "

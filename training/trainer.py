@@ -30,6 +30,7 @@ from dinofeat.training.collapse import CollapseDetector
 from dinofeat.training.config import TrainConfig, check_config
 from dinofeat.training.data import EpochSampler, ImageDataset, collate_crops, read_file_list
 from dinofeat.training.head import official_head_keys_to_parametrized
+from dinofeat.training.init_weights import load_init_weights, resolve_init_arch
 from dinofeat.training.metrics import MetricsWriter
 from dinofeat.training.step import DinoStep, Schedules, build_student_teacher
 from torch import nn
@@ -51,6 +52,10 @@ def build_dataset(cfg: TrainConfig) -> ImageDataset:
     d, c = cfg.data, cfg.crops
     if (d.path is None) == (d.file_list is None):
         raise ValueError("set exactly one of data.path (an image folder) and data.file_list")
+    if d.channels is not None:
+        from dinofeat.training.bands import build_band_dataset
+
+        return build_band_dataset(cfg)
     paths = list_image_files(d.path) if d.path is not None else read_file_list(str(d.file_list))
     augmentation = MultiCropAugmentation(c.global_size, c.local_size, c.global_scale, c.local_scale,
                                          c.local_crops_number)
@@ -59,9 +64,14 @@ def build_dataset(cfg: TrainConfig) -> ImageDataset:
 
 def _check_same_network(saved: dict[str, Any], current: dict[str, Any], origin: str) -> None:
     """A resumed run must build the network it saved; name every model/head setting that differs."""
+    # Settings a checkpoint predates are not compared; model.init only matters at the start.
     changed = [f"{section}.{key}: {saved_value!r} there, {value!r} now"
                for section in ("model", "head") for key, value in current[section].items()
-               if (saved_value := saved.get(section, {}).get(key)) != value and key != "drop_path_rate"]
+               if key in saved.get(section, {}) and key not in ("drop_path_rate", "init")
+               and (saved_value := saved[section][key]) != value]
+    if saved.get("data", {}).get("channels") != current["data"]["channels"]:
+        changed.append(f"data.channels: {saved.get('data', {}).get('channels')!r} there, "
+                       f"{current['data']['channels']!r} now")
     if changed:
         raise ValueError(
             f"{origin} was written by a run with other network settings ({'; '.join(changed)}). Resume "
@@ -81,7 +91,7 @@ class Trainer:
     def __init__(
         self, cfg: TrainConfig, eval_hook: EvalHook | None = None, dist_info: DistInfo | None = None
     ) -> None:
-        self.cfg = check_config(cfg)  # also when built in Python, not through resolve_config
+        self.cfg = resolve_init_arch(check_config(cfg))  # also when built in Python, not through resolve_config
         self.eval_hook = eval_hook
         self.dist = dist_info or init_distributed(cfg.run.device)
         self.output_dir = Path(cfg.run.output_dir)
@@ -108,6 +118,8 @@ class Trainer:
                 f"({self.dist.world_size} processes); lower optim.batch_size_per_gpu"
             )
         student, self.teacher, self.arch = build_student_teacher(cfg)
+        if cfg.model.init is not None:
+            self.init_info = load_init_weights(cfg, student, self.teacher)
         device = self.dist.device
         student, self.teacher = student.to(device), self.teacher.to(device)
         self.student_module = student

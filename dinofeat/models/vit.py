@@ -68,6 +68,7 @@ class DinoVisionTransformer(VisionTransformer):
         super().__init__(
             img_size=config.img_size,
             patch_size=config.patch_size,
+            in_chans=config.in_chans,
             embed_dim=config.embed_dim,
             depth=config.depth,
             num_heads=config.num_heads,
@@ -99,8 +100,9 @@ class DinoVisionTransformer(VisionTransformer):
 
     def embed_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Patch embedding + prefix tokens + position embedding: the input of block 0."""
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(x.shape)}")
+        channels = self.config.in_chans
+        if x.ndim != 4 or x.shape[1] != channels:
+            raise ValueError(f"expected images of shape (N, {channels}, H, W), got {tuple(x.shape)}")
         batch, _, height, width = x.shape
         patch = self.config.patch_size
         if height < patch or width < patch:
