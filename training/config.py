@@ -33,6 +33,7 @@ class ModelConfig:
     # channels is adapted by "repeat" (RGB filters cycled over the bands) or "average".
     init: str | None = None
     patch_embed_adapt: Literal["repeat", "average"] = "repeat"
+    distill_teacher: str | None = None  # set by `dinofeat-train distill --teacher` (dinofeat.training.distill)
 
 
 @dataclass

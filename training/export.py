@@ -66,8 +66,9 @@ def export_teacher(
     arch = training_arch(cfg)
     backbone = build_backbone(arch)
     prefix = "backbone."
-    state = {k[len(prefix):]: v for k, v in ckpt["teacher"].items() if k.startswith(prefix)}
-    load_state_dict_strict(backbone, state, origin=f"{checkpoint} (teacher backbone)")
+    network = ckpt.get("export_key", "teacher")  # a distillation checkpoint exports its student
+    state = {k[len(prefix):]: v for k, v in ckpt[network].items() if k.startswith(prefix)}
+    load_state_dict_strict(backbone, state, origin=f"{checkpoint} ({network} backbone)")
     out = Path(output_dir)
     name = name or out.name
     preprocess = eval_preprocess(cfg)
