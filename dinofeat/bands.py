@@ -65,7 +65,8 @@ class BandNormalization:
         for name in ("mean", "std", "clip_low", "clip_high"):
             values = getattr(self, name)
             if values is not None and len(values) != self.channels:
-                raise ValueError(f"BandNormalization.{name} has {len(values)} values for {self.channels} bands")
+                raise ValueError(
+                    f"BandNormalization.{name} has {len(values)} values for {self.channels} bands")
         if self.std is not None and min(self.std) <= 0:
             raise ValueError(f"BandNormalization.std must be positive, got {self.std}")
         if self.stretch not in ("none", "arcsinh") or self.arcsinh_scale <= 0:
@@ -139,14 +140,14 @@ def to_chw(array: np.ndarray, channels: int, layout: Layout, what: str) -> np.nd
 def _read_array(path: Path) -> np.ndarray:
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        return np.load(path, allow_pickle=False)
+        return np.asarray(np.load(path, allow_pickle=False))
     if suffix == ".npz":
         with np.load(path, allow_pickle=False) as archive:
             names = list(archive.files)
             if len(names) == 1:
-                return archive[names[0]]
+                return np.asarray(archive[names[0]])
             if "image" in names:
-                return archive["image"]
+                return np.asarray(archive["image"])
             raise BandFileError(f"{path} holds arrays {names}; store one array, or name it 'image'")
     if suffix in (".tif", ".tiff"):
         import tifffile

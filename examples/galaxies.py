@@ -57,10 +57,12 @@ def render(label: int, rng: np.random.Generator, size: int = 40) -> np.ndarray:
     """One (5, size, size) float32 galaxy of class ``label``."""
     centre = size / 2 + rng.uniform(-3, 3, 2)
     angle = rng.uniform(0, np.pi)
-    if CLASSES[label] == "elliptical":
-        shape = sersic(size, *centre, rng.uniform(2.0, 5.0), rng.uniform(3.0, 5.0), rng.uniform(0.7, 1.0), angle)
+    if CLASSES[label] == "elliptical":  # r_e, Sersic n, axis ratio
+        shape = sersic(size, *centre, rng.uniform(2.0, 5.0), rng.uniform(3.0, 5.0), rng.uniform(0.7, 1.0),
+                       angle)
     elif CLASSES[label] == "disk":
-        shape = sersic(size, *centre, rng.uniform(3.0, 7.0), rng.uniform(0.7, 1.3), rng.uniform(0.2, 0.45), angle)
+        shape = sersic(size, *centre, rng.uniform(3.0, 7.0), rng.uniform(0.7, 1.3), rng.uniform(0.2, 0.45),
+                       angle)
     else:
         offset = rng.uniform(4, 7) * np.array([np.cos(angle), np.sin(angle)])
         shape = sum(sersic(size, *(centre + sign * offset), rng.uniform(1.5, 3.5), rng.uniform(1.0, 2.5),

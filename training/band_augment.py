@@ -63,7 +63,7 @@ class BandCropAugmentation:
 
 
 class BandMultiCrop:
-    """2 global and N local crops of one band array, like :class:`~dinofeat.training.augment.MultiCropAugmentation`.
+    """2 global and N local crops of one band array, as in the RGB ``MultiCropAugmentation``.
 
     Example:
         >>> norm = BandNormalization(channels=5)

@@ -33,7 +33,7 @@ class ModelConfig:
     # channels is adapted by "repeat" (RGB filters cycled over the bands) or "average".
     init: str | None = None
     patch_embed_adapt: Literal["repeat", "average"] = "repeat"
-    distill_teacher: str | None = None  # set by `dinofeat-train distill --teacher` (dinofeat.training.distill)
+    distill_teacher: str | None = None  # `dinofeat-train distill --teacher` (dinofeat.training.distill)
 
 
 @dataclass
@@ -208,7 +208,8 @@ def _set(cfg: TrainConfig, dotted: str, value: Any) -> None:
     if key not in names:
         raise KeyError(f"unknown config key {dotted!r}; {section_name} has {sorted(names)}")
     current = getattr(section, key)
-    if isinstance(current, tuple) or ((key.endswith("_scale") or key == "blur_sigma") and isinstance(value, list)):
+    pair = key.endswith("_scale") or key == "blur_sigma"
+    if isinstance(current, tuple) or (pair and isinstance(value, list)):
         value = tuple(float(v) for v in value)
     elif isinstance(current, bool) and not isinstance(value, bool):
         raise TypeError(f"config key {dotted!r} expects true/false, got {value!r}")

@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from dinofeat.training.checkpoint import CHECKPOINT_NAME, atomic_save, capture_rng_state, load_checkpoint, restore_rng_state
+from dinofeat.training.checkpoint import (
+    CHECKPOINT_NAME,
+    atomic_save,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+)
 from dinofeat.training.config import TrainConfig, check_config, resolve_config, training_arch
 from dinofeat.training.data import EpochSampler, collate_crops
 from dinofeat.training.metrics import MetricsWriter
@@ -85,7 +91,8 @@ def _teacher_backbone(source: str, device: torch.device) -> DinoVisionTransforme
 
     backbone = dinofeat.load(source, device=device).backbone
     if not isinstance(backbone, DinoVisionTransformer):
-        raise ValueError(f"distillation needs a Vision Transformer teacher; {source} is {type(backbone).__name__}")
+        raise ValueError(
+            f"distillation needs a Vision Transformer teacher; {source} is {type(backbone).__name__}")
     for param in backbone.parameters():
         param.requires_grad = False
     return backbone.eval()
@@ -104,7 +111,7 @@ class Distiller:
 
         self.cfg = check_config(cfg)
         if cfg.model.distill_teacher is None:
-            raise ValueError("distillation needs model.distill_teacher (--teacher): a zoo name or a model folder")
+            raise ValueError("distillation needs model.distill_teacher (--teacher): a zoo name or folder")
         self.device = torch.device("cpu" if cfg.run.device == "auto" and not torch.cuda.is_available()
                                    else ("cuda" if cfg.run.device == "auto" else cfg.run.device))
         self.output_dir = Path(cfg.run.output_dir)
@@ -126,7 +133,8 @@ class Distiller:
                                  num_workers=cfg.data.num_workers, drop_last=True, collate_fn=collate_crops)
         self.iters_per_epoch = min(len(self.loader), cfg.run.max_iters_per_epoch or len(self.loader))
         if self.iters_per_epoch == 0:
-            raise ValueError(f"{len(self.dataset)} images give no full batch of {cfg.optim.batch_size_per_gpu}")
+            raise ValueError(
+                f"{len(self.dataset)} images give no full batch of {cfg.optim.batch_size_per_gpu}")
         o, epochs = cfg.optim, cfg.run.epochs
         peak = o.lr * o.batch_size_per_gpu / 256.0
         self.lr = cosine_schedule(peak, o.min_lr, epochs, self.iters_per_epoch, warmup_epochs=o.warmup_epochs)
@@ -188,8 +196,10 @@ class Distiller:
                     break
                 it = epoch * self.iters_per_epoch + index
                 losses.append(self.step(crops, it))
-                self.metrics.write({"epoch": epoch, "iteration": it, "loss": losses[-1], "lr": float(self.lr[it])})
-            summary = {"epoch": epoch, "loss": float(np.mean(losses)), "epoch_time": time.perf_counter() - start}
+                self.metrics.write({"epoch": epoch, "iteration": it, "loss": losses[-1],
+                                    "lr": float(self.lr[it])})
+            summary = {"epoch": epoch, "loss": float(np.mean(losses)),
+                       "epoch_time": time.perf_counter() - start}
             self.metrics.write({"epoch_summary": summary})
             _log.info("distill epoch %d | loss %.4f | %.1fs", epoch, summary["loss"], summary["epoch_time"])
             self._save(epoch + 1)
@@ -201,8 +211,8 @@ def add_distill_parser(sub: Any) -> None:
     distill = sub.add_parser("distill", help="distil a frozen teacher backbone into a smaller student")
     distill.add_argument("--teacher", required=True, help="zoo name or dinofeat model folder")
     distill.add_argument("--student", required=True,
-                         help="vit_tiny / vit_small / vit_base (with --set model.patch_size=...), a zoo name, "
-                              "or a JSON ViTConfig dict")
+                         help="vit_tiny / vit_small / vit_base (with --set model.patch_size=...), a zoo "
+                              "name, or a JSON ViTConfig dict")
     distill.add_argument("--preset", help="start from a training recipe (crops, optimiser, data)")
     distill.add_argument("--config", help="YAML or JSON file of {section: {key: value}}")
     distill.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")

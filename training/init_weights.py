@@ -60,7 +60,8 @@ def source_arch(source: str) -> ArchConfig | None:
     if folder.is_dir():
         return HubConfig.from_dict(read_config(folder / CONFIG_FILE), origin=str(folder / CONFIG_FILE)).arch
     if not folder.is_file():
-        raise FileNotFoundError(f"model.init {source!r} is neither a zoo name, a model folder nor a weights file")
+        raise FileNotFoundError(
+            f"model.init {source!r} is neither a zoo name, a model folder nor a weights file")
     return None
 
 
@@ -109,14 +110,15 @@ def load_init_weights(cfg: TrainConfig, student: nn.Module, teacher: nn.Module) 
     state, raw = _init_state(cfg)
     info: dict[str, Any] = {"init": cfg.model.init, "patch_embed_adapted": None, "heads_loaded": False}
     target = student.backbone.state_dict()  # type: ignore[union-attr]
-    if PATCH_WEIGHT in state and PATCH_WEIGHT in target and state[PATCH_WEIGHT].shape[1] != target[PATCH_WEIGHT].shape[1]:
+    have = int(state[PATCH_WEIGHT].shape[1]) if PATCH_WEIGHT in state else None
+    channels = int(target[PATCH_WEIGHT].shape[1]) if PATCH_WEIGHT in target else None
+    if have is not None and channels is not None and have != channels:
         rule = cfg.model.patch_embed_adapt
-        channels = int(target[PATCH_WEIGHT].shape[1])
-        info["patch_embed_adapted"] = f"{rule}: {state[PATCH_WEIGHT].shape[1]} -> {channels} channels"
+        info["patch_embed_adapted"] = f"{rule}: {have} -> {channels} channels"
         state = {**state, PATCH_WEIGHT: adapt_patch_embed(state[PATCH_WEIGHT], channels, rule)}
     for name, wrapper in (("student", student), ("teacher", teacher)):
         load_state_dict_strict(wrapper.backbone, state, origin=f"model.init {cfg.model.init} ({name})")  # type: ignore[arg-type]
-    if isinstance(raw, dict) and isinstance(raw.get("student"), dict) and isinstance(raw.get("teacher"), dict):
+    if isinstance(raw, dict) and all(isinstance(raw.get(name), dict) for name in ("student", "teacher")):
         for name, wrapper in (("student", student), ("teacher", teacher)):
             heads = {k.removeprefix("module.").removeprefix("head."): v for k, v in raw[name].items()
                      if k.removeprefix("module.").startswith("head.")}
@@ -145,7 +147,7 @@ def layer_decay_param_groups(model: nn.Module, depth: int, layer_decay: float, p
     (``apply_wd`` False), as in :func:`dinofeat.training.optim.param_groups`.
 
     Example:
-        >>> groups = layer_decay_param_groups(nn.Linear(2, 2), depth=1, layer_decay=0.5, patch_embed_lr_mult=1)
+        >>> groups = layer_decay_param_groups(nn.Linear(2, 2), 1, layer_decay=0.5, patch_embed_lr_mult=1)
         >>> [(g["names"], g["lr_mult"]) for g in groups]
         [(['weight'], 1.0), (['bias'], 1.0)]
     """
@@ -157,7 +159,8 @@ def layer_decay_param_groups(model: nn.Module, depth: int, layer_decay: float, p
         if ".patch_embed." in f".{name}":
             mult *= patch_embed_lr_mult
         decay = not (name.endswith(".bias") or param.ndim == 1)
-        group = groups.setdefault((mult, decay), {"params": [], "names": [], "lr_mult": mult, "apply_wd": decay})
+        group = groups.setdefault((mult, decay),
+                                  {"params": [], "names": [], "lr_mult": mult, "apply_wd": decay})
         if not decay:
             group["weight_decay"] = 0.0
         group["params"].append(param)

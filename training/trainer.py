@@ -91,7 +91,8 @@ class Trainer:
     def __init__(
         self, cfg: TrainConfig, eval_hook: EvalHook | None = None, dist_info: DistInfo | None = None
     ) -> None:
-        self.cfg = resolve_init_arch(check_config(cfg))  # also when built in Python, not through resolve_config
+        # Checked also when built in Python, not through resolve_config.
+        self.cfg = resolve_init_arch(check_config(cfg))
         self.eval_hook = eval_hook
         self.dist = dist_info or init_distributed(cfg.run.device)
         self.output_dir = Path(cfg.run.output_dir)
