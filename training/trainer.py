@@ -119,8 +119,6 @@ class Trainer:
                 f"({self.dist.world_size} processes); lower optim.batch_size_per_gpu"
             )
         student, self.teacher, self.arch = build_student_teacher(cfg)
-        if cfg.model.init is not None:
-            self.init_info = load_init_weights(cfg, student, self.teacher)
         device = self.dist.device
         student, self.teacher = student.to(device), self.teacher.to(device)
         self.student_module = student
@@ -133,6 +131,8 @@ class Trainer:
             self.student = DistributedDataParallel(self.student, device_ids=device_ids)
         # The teacher follows the (DDP-broadcast) student, as in the official code.
         self.teacher.load_state_dict(self.student_module.state_dict(), strict=True)
+        if cfg.model.init is not None:  # every rank reads the same weights: no broadcast needed
+            self.init_info = load_init_weights(cfg, self.student_module, self.teacher)
         schedules = Schedules.from_config(cfg, self.iters_per_epoch, self.dist.world_size)
         self.step = DinoStep(cfg, self.student, self.teacher, schedules, device)
         self.metrics = MetricsWriter(self.output_dir, enabled=self.dist.is_main)
