@@ -3,8 +3,9 @@
 As DINOv2 / DINOv3 make their small models from a large one: the teacher (a zoo name or a model
 folder) is frozen; the student sees the same multi-crop views and learns the teacher's CLS token
 and patch tokens on every crop, through linear projections to the teacher's width (identity when
-the widths agree). The loss is 1 - cosine similarity, averaged over CLS and over patch tokens;
-when the patch grids differ the teacher's token map is resampled (bilinear) to the student's.
+the widths agree). The targets are centred by an EMA of their mean (``loss.center_momentum``); the
+loss is 1 - cosine similarity, averaged over CLS and over patch tokens; when the patch grids differ
+the teacher's token map is resampled (bilinear) to the student's.
 
 The checkpoint has the trainer's format (``export_key`` = ``"student"``), so ``dinofeat-train
 export`` writes the student backbone as usual.
@@ -70,7 +71,11 @@ def token_distillation_loss(student_cls: torch.Tensor, student_patches: torch.Te
 
 
 class DistillStudent(nn.Module):
-    """Student backbone + projections of its CLS and patch tokens to the teacher's width."""
+    """Student backbone + projections of its CLS and patch tokens to the teacher's width, and the EMA
+    centres of the teacher's CLS and patch tokens (buffers, saved with the student)."""
+
+    center_cls: torch.Tensor
+    center_patch: torch.Tensor
 
     def __init__(self, backbone: DinoVisionTransformer, teacher_dim: int) -> None:
         super().__init__()
@@ -78,6 +83,21 @@ class DistillStudent(nn.Module):
         dim = backbone.config.embed_dim
         self.proj_cls: nn.Module = nn.Identity() if dim == teacher_dim else nn.Linear(dim, teacher_dim)
         self.proj_patch: nn.Module = nn.Identity() if dim == teacher_dim else nn.Linear(dim, teacher_dim)
+        self.register_buffer("center_cls", torch.zeros(teacher_dim))
+        self.register_buffer("center_patch", torch.zeros(teacher_dim))
+
+    @torch.no_grad()
+    def centred_targets(self, cls: torch.Tensor, patches: torch.Tensor, momentum: float
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher tokens minus the EMA of their mean, then the EMA update (as DINO centres its teacher).
+
+        A random or pretrained ViT's tokens share one large common direction; without centring the
+        cosine loss is spent on it and the student learns little of what tells images apart.
+        """
+        targets = cls - self.center_cls, patches - self.center_patch
+        self.center_cls.mul_(momentum).add_(cls.mean(dim=0), alpha=1 - momentum)
+        self.center_patch.mul_(momentum).add_(patches.mean(dim=(0, 1, 2)), alpha=1 - momentum)
+        return targets
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.backbone.forward_tokens(x)
@@ -174,8 +194,10 @@ class Distiller:
                 out = self.teacher.forward_tokens(crop)
                 h, w = out.grid
                 teacher_patches = out.patches.reshape(crop.shape[0], h, w, -1)
+                target_cls, target_patches = self.student.centred_targets(
+                    out.cls, teacher_patches, self.cfg.loss.center_momentum)
             student_cls, student_patches = self.student(crop)
-            total = total + token_distillation_loss(student_cls, student_patches, out.cls, teacher_patches)
+            total = total + token_distillation_loss(student_cls, student_patches, target_cls, target_patches)
         loss = total / len(crops)
         self.optimizer.zero_grad()
         loss.backward()  # type: ignore[no-untyped-call]
