@@ -28,7 +28,8 @@ def test_rgb_filters_repeated_over_bands_give_the_same_features() -> None:
     for channels, inputs in ((3, images), (6, images.repeat(1, 2, 1, 1))):  # 6 bands: R G B R G B
         bands = build_backbone(ViTConfig(**{**ARCH.to_dict(), "in_chans": channels})).eval()
         state = rgb.state_dict()
-        state["patch_embed.proj.weight"] = adapt_patch_embed(state["patch_embed.proj.weight"], channels, "repeat")
+        key = "patch_embed.proj.weight"
+        state[key] = adapt_patch_embed(state[key], channels, "repeat")
         bands.load_state_dict(state)
         with torch.no_grad():
             torch.testing.assert_close(bands(inputs), rgb(images), atol=1e-5, rtol=0)
@@ -61,7 +62,8 @@ def test_init_from_an_rgb_folder_adapts_the_patch_embedding_for_bands(tmp_path: 
     folder = save_pretrained(build_backbone(ARCH), tmp_path / "rgb", HubConfig(arch=ARCH))
     data = make_band_folder(tmp_path / "bands")
     cfg = resolve_config(overrides=[*NO_ARCH, f"data.path={data}", f"run.output_dir={tmp_path / 'run'}",
-                                    *BAND_OVERRIDES, f"model.init={folder}", "model.patch_embed_adapt=average"])
+                                    *BAND_OVERRIDES, f"model.init={folder}",
+                                    "model.patch_embed_adapt=average"])
     trainer = Trainer(cfg)
     assert trainer.init_info["patch_embed_adapted"] == "average: 3 -> 5 channels"
     weight = trainer.teacher.backbone.patch_embed.proj.weight
@@ -94,7 +96,8 @@ def test_layer_decay_groups_and_their_learning_rates(tmp_path: Path) -> None:
     groups = layer_decay_param_groups(model, depth=2, layer_decay=0.5, patch_embed_lr_mult=0.2)
     mult = {name: g["lr_mult"] for g in groups for name in g["names"]}
     assert mult["head.weight"] == 1.0 and mult["backbone.norm.weight"] == 1.0
-    assert mult["backbone.blocks.1.attn.qkv.weight"] == 0.5 and mult["backbone.blocks.0.mlp.fc1.weight"] == 0.25
+    assert mult["backbone.blocks.1.attn.qkv.weight"] == 0.5
+    assert mult["backbone.blocks.0.mlp.fc1.weight"] == 0.25
     assert mult["backbone.cls_token"] == 0.125
     assert mult["backbone.patch_embed.proj.weight"] == pytest.approx(0.125 * 0.2)
     assert all(g["weight_decay"] == 0.0 for g in groups if not g["apply_wd"])
