@@ -180,13 +180,9 @@ def list_band_files(folder: str | os.PathLike[str]) -> list[Path]:
     Raises:
         FileNotFoundError: ``folder`` is not a folder, or holds no band file.
     """
-    root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"band folder {root} does not exist")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in BAND_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"no band files ({', '.join(sorted(BAND_SUFFIXES))}) under {root}")
-    return files
+    from dinofeat.inputs import list_image_files  # inputs imports this module
+
+    return list_image_files(folder, suffixes=BAND_SUFFIXES, what="band")
 
 
 def resize_and_crop(bands: torch.Tensor, resize: int, crop: int) -> torch.Tensor:

@@ -23,18 +23,19 @@ ImageLike: TypeAlias = "str | os.PathLike[str] | Image.Image | np.ndarray | torc
 Images: TypeAlias = "ImageLike | Sequence[ImageLike]"
 
 
-def list_image_files(folder: str | os.PathLike[str]) -> list[Path]:
-    """Image files below ``folder`` (recursively), sorted, by suffix.
+def list_image_files(folder: str | os.PathLike[str], *, suffixes: frozenset[str] = IMAGE_SUFFIXES,
+                     what: str = "image") -> list[Path]:
+    """Image files (or other files, by ``suffixes``) below ``folder`` (recursively), sorted.
 
     Raises:
-        FileNotFoundError: ``folder`` is not a folder, or holds no image file.
+        FileNotFoundError: ``folder`` is not a folder, or holds no such file.
     """
     root = Path(folder)
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        raise FileNotFoundError(f"{what} folder {root} does not exist")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
     if not files:
-        raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
+        raise FileNotFoundError(f"no {what} files ({', '.join(sorted(suffixes))}) under {root}")
     return files
 
 
