@@ -40,6 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dinofeat.config import ViTConfig
+from dinofeat.devices import auto_device, require_device
 from dinofeat.hub_format import load_state_dict_strict
 from dinofeat.models import DinoVisionTransformer, build_backbone
 
@@ -132,8 +133,7 @@ class Distiller:
         self.cfg = check_config(cfg)
         if cfg.model.distill_teacher is None:
             raise ValueError("distillation needs model.distill_teacher (--teacher): a zoo name or folder")
-        self.device = torch.device("cpu" if cfg.run.device == "auto" and not torch.cuda.is_available()
-                                   else ("cuda" if cfg.run.device == "auto" else cfg.run.device))
+        self.device = auto_device() if cfg.run.device == "auto" else require_device(cfg.run.device)
         self.output_dir = Path(cfg.run.output_dir)
         _seed_everything(cfg.run.seed)
         self.teacher = _teacher_backbone(cfg.model.distill_teacher, self.device)
