@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
+from dinofeat.bands import BandNormalization
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -38,6 +40,7 @@ class ViTConfig:
         interpolate_offset: The official ``+0.1`` of the position-embedding resampling; 0 resamples to a size.
         interpolate_antialias: Antialiased bicubic resampling (DINOv2 register models).
         drop_path_rate: Stochastic depth, used by the trainer's student only.
+        in_chans: Input channels of the patch embedding (3 for RGB; C for a C-band model).
     """
 
     patch_size: int
@@ -56,9 +59,10 @@ class ViTConfig:
     interpolate_antialias: bool = False
     drop_path_rate: float = 0.0
     family: Literal["vit"] = "vit"
+    in_chans: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("patch_size", "embed_dim", "depth", "num_heads", "img_size"):
+        for name in ("patch_size", "embed_dim", "depth", "num_heads", "img_size", "in_chans"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"ViTConfig.{name} must be a positive integer, got {value!r}")
@@ -259,7 +263,8 @@ class PreprocessConfig:
     """Evaluation preprocessing: resize the shorter side, centre-crop, normalise.
 
     The default is the official DINO evaluation transform: bicubic resize of the shorter
-    side to 256, centre crop 224, ImageNet mean and std.
+    side to 256, centre crop 224, ImageNet mean and std. A C-band model has ``bands`` (its
+    per-band normalisation, which replaces ``mean`` / ``std``) and takes band arrays, not RGB images.
     """
 
     resize: int = 256
@@ -267,9 +272,13 @@ class PreprocessConfig:
     interpolation: Literal["bicubic", "bilinear"] = "bicubic"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    bands: BandNormalization | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if self.bands is None:
+            del data["bands"]  # RGB configs keep their published form
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
@@ -278,6 +287,8 @@ class PreprocessConfig:
         for key in ("mean", "std"):
             if key in values:
                 values[key] = tuple(float(v) for v in values[key])
+        if values.get("bands") is not None:
+            values["bands"] = BandNormalization.from_dict(values["bands"])
         return cls(**values)
 
 

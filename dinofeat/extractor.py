@@ -76,7 +76,7 @@ class FeatureExtractor(nn.Module):
     # ------------------------------------------------------------------ internals
     def _batches(self, images: Any, size: Size | None, batch_size: int, progress: bool | None
                  ) -> Iterator[torch.Tensor]:
-        total = count_images(images)
+        total = count_images(images, self.preprocess)
         n_batches = -(-total // batch_size)
         show = progress if progress is not None else n_batches >= PROGRESS_MIN_BATCHES
         batches = iter_batches(images, self.preprocess, size, batch_size)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from dinofeat.bands import band_items, iter_band_batches
 from dinofeat.config import PreprocessConfig
 from dinofeat.errors import ImageReadError
 from dinofeat.preprocess import Size, pil_geometry, to_normalized_tensor
@@ -23,18 +24,19 @@ ImageLike: TypeAlias = "str | os.PathLike[str] | Image.Image | np.ndarray | torc
 Images: TypeAlias = "ImageLike | Sequence[ImageLike]"
 
 
-def list_image_files(folder: str | os.PathLike[str]) -> list[Path]:
-    """Image files below ``folder`` (recursively), sorted, by suffix.
+def list_image_files(folder: str | os.PathLike[str], *, suffixes: frozenset[str] = IMAGE_SUFFIXES,
+                     what: str = "image") -> list[Path]:
+    """Image files (or other files, by ``suffixes``) below ``folder`` (recursively), sorted.
 
     Raises:
-        FileNotFoundError: ``folder`` is not a folder, or holds no image file.
+        FileNotFoundError: ``folder`` is not a folder, or holds no such file.
     """
     root = Path(folder)
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        raise FileNotFoundError(f"{what} folder {root} does not exist")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
     if not files:
-        raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
+        raise FileNotFoundError(f"no {what} files ({', '.join(sorted(suffixes))}) under {root}")
     return files
 
 
@@ -123,7 +125,9 @@ def _to_pil(item: Any, index: int) -> Image.Image:
     raise TypeError(f"unsupported image type for item #{index}: {type(item).__name__}")
 
 
-def count_images(images: Any) -> int:
+def count_images(images: Any, config: PreprocessConfig | None = None) -> int:
+    if config is not None and config.bands is not None:
+        return len(band_items(images, config.bands))
     if isinstance(images, torch.Tensor) and images.is_floating_point():
         return 1 if images.ndim == 3 else int(images.shape[0])  # one preprocessed (3, H, W) image
     return len(_expand(images))
@@ -137,8 +141,13 @@ def iter_batches(
 
     A floating-point tensor (N, 3, H, W) is taken as already preprocessed and only split into
     batches. Everything else is decoded to RGB and goes through the model's preprocessing; all
-    images of one call must come out at the same size (they do with the default crop).
+    images of one call must come out at the same size (they do with the default crop). A C-band
+    model (``config.bands`` set) takes band files and raw float arrays / tensors instead
+    (:func:`dinofeat.bands.iter_band_batches`).
     """
+    if config.bands is not None:
+        yield from iter_band_batches(images, config.bands, config.resize, config.crop, size, batch_size)
+        return
     if isinstance(images, torch.Tensor) and images.is_floating_point():
         if size is not None:
             raise ValueError("size= resizes images that dinofeat preprocesses; a float tensor is taken as "

@@ -5,6 +5,8 @@ Examples::
     dinofeat-train train --preset imagenette_tiny --data /data/imagenette2/train --output-dir runs/tiny
     torchrun --nproc_per_node 8 -m dinofeat.training train --preset vit_s16_100ep --data /imagenet/train
     dinofeat-train export runs/tiny/checkpoint.pth exported/tiny --eval knn_top1=61.3
+    dinofeat-train stats /data/bands --channels 5 --stretch arcsinh -o bands.json
+    dinofeat-train distill --teacher vit_s16 --student vit_tiny --data /data/train --output-dir runs/distill
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from dinofeat.training.config import PRESETS, resolve_config
 
@@ -40,6 +43,20 @@ def _parser() -> argparse.ArgumentParser:
                         help="an evaluation result for the model card; repeatable")
     export.add_argument("--push-to-hub", metavar="REPO_ID")
     export.add_argument("--half", action="store_true", help="store the weights as float16")
+    stats = sub.add_parser("stats", help="per-band mean / std of band files, written into a config file")
+    stats.add_argument("data", help="folder of band files (.npy / .npz / .tif), or a text file listing them")
+    stats.add_argument("--channels", type=int, required=True, help="bands per file")
+    stats.add_argument("--layout", choices=("auto", "chw", "hwc"), default="auto")
+    stats.add_argument("--sample", type=int, default=1000, help="files drawn at random (seed 0)")
+    stats.add_argument("--clip-percentiles", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                       help="clip each band to these percentiles first, e.g. 0.5 99.5")
+    stats.add_argument("--stretch", choices=("none", "arcsinh"), default="none")
+    stats.add_argument("--arcsinh-scale", type=float, default=1.0, help="x -> asinh(x / scale)")
+    stats.add_argument("-o", "--output", required=True,
+                       help="JSON config to create or update (then: dinofeat-train train --config it)")
+    from dinofeat.training.distill import add_distill_parser
+
+    add_distill_parser(sub)
     return parser
 
 
@@ -89,12 +106,40 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _distill(args: argparse.Namespace) -> int:
+    from dinofeat.training.distill import run_distill
+
+    summary = run_distill(args)
+    logging.getLogger("dinofeat.training").info("finished: %s", json.dumps(summary))
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from dinofeat.training.bands import band_paths, band_statistics, write_stats_config
+
+    if args.sample < 1 or args.arcsinh_scale <= 0:
+        raise ValueError("--sample must be >= 1 and --arcsinh-scale > 0")
+    if args.clip_percentiles and not 0 <= args.clip_percentiles[0] < args.clip_percentiles[1] <= 100:
+        raise ValueError(f"--clip-percentiles must be LOW HIGH with 0 <= LOW < HIGH <= 100, got "
+                         f"{args.clip_percentiles}")
+    folder = Path(args.data).is_dir()
+    paths = band_paths(args.data if folder else None, None if folder else args.data)
+    section, skipped = band_statistics(
+        paths, args.channels, args.layout, sample=args.sample, stretch=args.stretch,
+        arcsinh_scale=args.arcsinh_scale,
+        clip_percentiles=tuple(args.clip_percentiles) if args.clip_percentiles else None)
+    file = write_stats_config(args.output, args.channels, args.layout, section)
+    print(json.dumps({"bands": section, "skipped_files": len(skipped), "config": str(file)}, indent=2))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for a configuration or input error)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     args = _parser().parse_args(argv)
     try:
-        return _train(args) if args.command == "train" else _export(args)
+        commands = {"train": _train, "export": _export, "stats": _stats, "distill": _distill}
+        return commands[args.command](args)
     except (ValueError, TypeError, KeyError, FileNotFoundError, DinofeatError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"dinofeat-train {args.command}: error: {message}", file=sys.stderr)

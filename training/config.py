@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from dinofeat.bands import BandNormalization
 from dinofeat.config import ArchConfig, PreprocessConfig, ResNetConfig, ViTConfig, arch_from_dict
 from dinofeat.registry import ZOO, get_spec
 
@@ -27,6 +28,12 @@ class ModelConfig:
     arch: str | dict[str, Any] = "vit_small"
     patch_size: int = 16
     drop_path_rate: float = 0.1
+    # Continued pretraining (dinofeat.training.init_weights): a zoo name, an exported folder or an
+    # official .pth whose backbone starts student and teacher; a patch embedding with other input
+    # channels is adapted by "repeat" (RGB filters cycled over the bands) or "average".
+    init: str | None = None
+    patch_embed_adapt: Literal["repeat", "average"] = "repeat"
+    distill_teacher: str | None = None  # `dinofeat-train distill --teacher` (dinofeat.training.distill)
 
 
 @dataclass
@@ -61,6 +68,10 @@ class OptimConfig:
     clip_grad: float = 3.0  # per-tensor; 0 disables
     freeze_last_layer: int = 1
     batch_size_per_gpu: int = 64
+    # DINOv2's settings for fine-tuning released weights (1.0 = off): block i of L gets lr *
+    # layer_decay ** (L - i), the patch embedding a further patch_embed_lr_mult.
+    layer_decay: float = 1.0
+    patch_embed_lr_mult: float = 1.0
 
 
 @dataclass
@@ -83,6 +94,30 @@ class DataConfig:
     # "cpu": the official PIL multi-crop in the workers; "device": the workers only decode and draw the
     # random parameters, the crops are made batched on the training device (training/device_augment.py).
     augmentation: Literal["cpu", "device"] = "cpu"
+    # Multi-band arrays (.npy / .npz / TIFF) with this many bands instead of RGB images (None).
+    channels: int | None = None
+    channel_layout: Literal["auto", "chw", "hwc"] = "auto"
+
+
+@dataclass
+class BandsConfig:
+    """Per-band normalisation (``dinofeat-train stats`` measures it) and the band augmentations
+    (dinofeat.training.band_augment), used when ``data.channels`` is set."""
+
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    clip_low: list[float] | None = None
+    clip_high: list[float] | None = None
+    stretch: Literal["none", "arcsinh"] = "none"
+    arcsinh_scale: float = 1.0
+    vflip: bool = True
+    rot90: bool = False  # for data without an up (galaxies, cells)
+    intensity_p: float = 0.8  # per-band gain exp(U(-r, r)) with probability p
+    intensity_range: float = 0.2
+    noise_p: float = 0.5  # Gaussian noise of std noise_std (in standardised units)
+    noise_std: float = 0.1
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 1.0)  # in pixels of the crop
 
 
 @dataclass
@@ -106,6 +141,10 @@ class RunConfig:
     # Exit status after SIGTERM / SIGUSR1 stopped the run with a checkpoint (e.g. a code to requeue on).
     preempt_exit_code: int = 0
     strategy: Literal["ddp", "fsdp"] = "ddp"  # fsdp: FSDP2 (fully_shard) with sharded checkpoints
+    # Collapse guard (dinofeat.training.collapse): windows of N iterations (0: one epoch), and how many
+    # collapsed windows in a row trigger its one warning.
+    collapse_window: int = 0
+    collapse_patience: int = 3
 
 
 @dataclass
@@ -117,6 +156,7 @@ class TrainConfig:
     crops: CropsConfig = field(default_factory=CropsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    bands: BandsConfig = field(default_factory=BandsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -177,7 +217,8 @@ def _set(cfg: TrainConfig, dotted: str, value: Any) -> None:
     if key not in names:
         raise KeyError(f"unknown config key {dotted!r}; {section_name} has {sorted(names)}")
     current = getattr(section, key)
-    if isinstance(current, tuple) or (key.endswith("_scale") and isinstance(value, list)):
+    pair = key.endswith("_scale") or key == "blur_sigma"
+    if isinstance(current, tuple) or (pair and isinstance(value, list)):
         value = tuple(float(v) for v in value)
     elif isinstance(current, bool) and not isinstance(value, bool):
         raise TypeError(f"config key {dotted!r} expects true/false, got {value!r}")
@@ -244,7 +285,7 @@ def config_problems(cfg: TrainConfig) -> list[str]:
         "run.epochs": r.epochs, "optim.batch_size_per_gpu": o.batch_size_per_gpu,
         "crops.global_size": c.global_size, "crops.local_size": c.local_size, "head.out_dim": h.out_dim,
         "head.hidden_dim": h.hidden_dim, "head.bottleneck_dim": h.bottleneck_dim, "head.nlayers": h.nlayers,
-        "run.log_every": r.log_every,
+        "run.log_every": r.log_every, "run.collapse_patience": r.collapse_patience,
     }
     at_least_zero = {
         "crops.local_crops_number": c.local_crops_number, "optim.min_lr": o.min_lr,
@@ -254,6 +295,7 @@ def config_problems(cfg: TrainConfig) -> list[str]:
         "loss.warmup_teacher_temp_epochs": loss.warmup_teacher_temp_epochs,
         "run.checkpoint_every": r.checkpoint_every,
         "run.checkpoint_every_minutes": r.checkpoint_every_minutes,
+        "run.collapse_window": r.collapse_window,
     }
     positive = {
         "optim.lr": o.lr, "loss.teacher_temp": loss.teacher_temp,
@@ -277,13 +319,48 @@ def config_problems(cfg: TrainConfig) -> list[str]:
         problems.append(f"run.preempt_exit_code must lie in [0, 255], got {r.preempt_exit_code}")
     if not 0 <= o.momentum_teacher <= 1:
         problems.append(f"optim.momentum_teacher must lie in [0, 1], got {o.momentum_teacher}")
-    if not 0 <= loss.center_momentum < 1:
-        problems.append(f"loss.center_momentum must lie in [0, 1), got {loss.center_momentum}")
+    if not 0 <= loss.center_momentum <= 1:  # 1 keeps the centre at zero: no centring (paper ablation)
+        problems.append(f"loss.center_momentum must lie in [0, 1], got {loss.center_momentum}")
+    problems += _own_data_problems(cfg)
+    if cfg.data.channels is not None and cfg.data.augmentation == "device":
+        problems.append("data.augmentation=device makes RGB crops; multi-band data (data.channels) uses the "
+                        "CPU band augmentation: leave data.augmentation=cpu")
     if not 0 <= cfg.model.drop_path_rate < 1:
         problems.append(f"model.drop_path_rate must lie in [0, 1), got {cfg.model.drop_path_rate}")
     for name, (low, high) in (("crops.global_scale", c.global_scale), ("crops.local_scale", c.local_scale)):
         if not 0 < low <= high <= 1:
             problems.append(f"{name} must be (low, high) with 0 < low <= high <= 1, got {(low, high)}")
+    return problems
+
+
+def _own_data_problems(cfg: TrainConfig) -> list[str]:
+    """Range checks of the band, continued-pretraining and layer-decay settings."""
+    b, d, o = cfg.bands, cfg.data, cfg.optim
+    problems = []
+    if d.channels is not None and d.channels < 1:
+        problems.append(f"data.channels must be >= 1 or null, got {d.channels}")
+    if d.channels is not None:
+        for name in ("mean", "std", "clip_low", "clip_high"):
+            values = getattr(b, name)
+            if values is not None and len(values) != d.channels:
+                problems.append(f"bands.{name} has {len(values)} values for data.channels = {d.channels}")
+    if b.std is not None and min(b.std) <= 0:
+        problems.append(f"bands.std must be positive, got {b.std}")
+    for name in ("intensity_p", "noise_p", "blur_p"):
+        if not 0 <= getattr(b, name) <= 1:
+            problems.append(f"bands.{name} must lie in [0, 1], got {getattr(b, name)}")
+    if b.arcsinh_scale <= 0 or b.noise_std < 0 or b.intensity_range < 0:
+        problems.append("bands.arcsinh_scale must be > 0 and bands.noise_std, bands.intensity_range >= 0")
+    if not 0 < b.blur_sigma[0] <= b.blur_sigma[1]:
+        problems.append(f"bands.blur_sigma must be (low, high) with 0 < low <= high, got {b.blur_sigma}")
+    if not 0 < o.layer_decay <= 1 or not 0 < o.patch_embed_lr_mult <= 1:
+        problems.append(f"optim.layer_decay and optim.patch_embed_lr_mult must lie in (0, 1], got "
+                        f"{o.layer_decay}, {o.patch_embed_lr_mult}")
+    choices = {"data.channel_layout": (d.channel_layout, ("auto", "chw", "hwc")),
+               "bands.stretch": (b.stretch, ("none", "arcsinh")),
+               "model.patch_embed_adapt": (cfg.model.patch_embed_adapt, ("repeat", "average"))}
+    problems += [f"{k} must be one of {', '.join(allowed)}, got {v!r}"
+                 for k, (v, allowed) in choices.items() if v not in allowed]
     return problems
 
 
@@ -353,8 +430,32 @@ def build_arch(model: ModelConfig) -> ArchConfig:
     )
 
 
+def training_arch(cfg: TrainConfig) -> ArchConfig:
+    """The backbone the trainer builds: ``model.arch`` with ``in_chans = data.channels`` for bands."""
+    arch = build_arch(cfg.model)
+    channels = cfg.data.channels
+    if channels is not None and isinstance(arch, ViTConfig):
+        return dataclasses.replace(arch, in_chans=channels)
+    if channels is not None:
+        raise ValueError(f"data.channels={channels} needs a Vision Transformer, not {cfg.model.arch!r}")
+    return arch
+
+
+def band_normalization(cfg: TrainConfig) -> BandNormalization | None:
+    """The per-band preprocessing of a band run (None for RGB)."""
+    if cfg.data.channels is None:
+        return None
+    b = cfg.bands
+
+    def values(items: list[float] | None) -> tuple[float, ...] | None:
+        return None if items is None else tuple(float(v) for v in items)
+
+    return BandNormalization(cfg.data.channels, values(b.mean), values(b.std), values(b.clip_low),
+                             values(b.clip_high), b.stretch, b.arcsinh_scale)
+
+
 def eval_preprocess(cfg: TrainConfig) -> PreprocessConfig:
     """Evaluation preprocessing matching the training resolution: the official resize-to-crop
-    ratio 256/224 around a centre crop of the global crop size."""
+    ratio 256/224 around a centre crop of the global crop size (and a band run's normalisation)."""
     size = cfg.crops.global_size
-    return PreprocessConfig(resize=round(size * 256 / 224), crop=size)
+    return PreprocessConfig(resize=round(size * 256 / 224), crop=size, bands=band_normalization(cfg))

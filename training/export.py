@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from dinofeat.training.checkpoint import load_checkpoint
-from dinofeat.training.config import TrainConfig, build_arch, config_from_dict, eval_preprocess
+from dinofeat.training.config import TrainConfig, config_from_dict, eval_preprocess, training_arch
 
 from dinofeat.errors import HubUploadError
 from dinofeat.hub_format import HubConfig, load_state_dict_strict, save_pretrained
@@ -63,15 +63,16 @@ def export_teacher(
     if ckpt.get("format") != "dinofeat-train":
         raise ValueError(f"{checkpoint} is not a dinofeat training checkpoint (no format tag)")
     cfg = config_from_dict(json.loads(ckpt["config"]))
-    arch = build_arch(cfg.model)
+    arch = training_arch(cfg)
     backbone = build_backbone(arch)
     prefix = "backbone."
     if "shards" in ckpt:  # run.strategy=fsdp: join the ranks' shards
         from dinofeat.training.fsdp import full_state
 
         ckpt["teacher"] = full_state(Path(checkpoint), ckpt)["teacher"]
-    state = {k[len(prefix):]: v for k, v in ckpt["teacher"].items() if k.startswith(prefix)}
-    load_state_dict_strict(backbone, state, origin=f"{checkpoint} (teacher backbone)")
+    network = ckpt.get("export_key", "teacher")  # a distillation checkpoint exports its student
+    state = {k[len(prefix):]: v for k, v in ckpt[network].items() if k.startswith(prefix)}
+    load_state_dict_strict(backbone, state, origin=f"{checkpoint} ({network} backbone)")
     out = Path(output_dir)
     name = name or out.name
     preprocess = eval_preprocess(cfg)

@@ -35,9 +35,16 @@ class MetricsWriter:
         """Log a one-line summary of an iteration record."""
         if not self.enabled:
             return
+        guard = ""
+        if "teacher_entropy" in record:
+            guard = (f" | H {record['teacher_entropy']:.2f} KL {record['kl_teacher_student']:.2f} "
+                     f"dims {record['effective_dims']:.0f} |c| {record['center_norm']:.2f}")
+        if "collapse_warning" in record:
+            guard += " | COLLAPSE WARNING (see above)"
         _log.info(
-            "epoch %d it %d/%d | loss %.4f | lr %.3g | wd %.3g | mom %.5f | T %.4f | %.1f img/s | data %.3fs",
+            "epoch %d it %d/%d | loss %.4f | lr %.3g | wd %.3g | mom %.5f | T %.4f | %.1f img/s | data %.3fs"
+            "%s",
             record["epoch"], record["iter_in_epoch"] + 1, record["iters_per_epoch"], record["loss"],
             record["lr"], record["wd"], record["momentum"], record["teacher_temp"], record["images_per_s"],
-            record["data_time"],
+            record["data_time"], guard,
         )

@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from dinofeat.training.config import TrainConfig, build_arch
+from dinofeat.training.collapse import collapse_stats
+from dinofeat.training.config import TrainConfig, training_arch
 from dinofeat.training.ema import ema_update
 from dinofeat.training.head import DINOHead
+from dinofeat.training.init_weights import layer_decay_param_groups
 from dinofeat.training.loss import DINOLoss
 from dinofeat.training.multicrop import MultiCropWrapper
 from dinofeat.training.optim import (
@@ -67,7 +69,7 @@ def build_student_teacher(cfg: TrainConfig) -> tuple[MultiCropWrapper, MultiCrop
     Returns:
         (student, teacher, arch of the teacher backbone, i.e. without drop-path).
     """
-    arch = build_arch(cfg.model)
+    arch = training_arch(cfg)
     if isinstance(arch, ViTConfig):
         arch = dataclasses.replace(arch, drop_path_rate=0.0)
         student_arch: ArchConfig = dataclasses.replace(arch, drop_path_rate=cfg.model.drop_path_rate)
@@ -86,6 +88,16 @@ def build_student_teacher(cfg: TrainConfig) -> tuple[MultiCropWrapper, MultiCrop
     for param in teacher.parameters():
         param.requires_grad = False
     return student, teacher, arch
+
+
+def training_param_groups(cfg: TrainConfig, model: nn.Module) -> list[dict[str, Any]]:
+    """The official two groups, or layer-decayed groups when ``optim.layer_decay`` or
+    ``optim.patch_embed_lr_mult`` is below 1."""
+    o = cfg.optim
+    arch = training_arch(cfg)
+    if (o.layer_decay, o.patch_embed_lr_mult) == (1.0, 1.0) or not isinstance(arch, ViTConfig):
+        return param_groups(model)
+    return layer_decay_param_groups(model, arch.depth, o.layer_decay, o.patch_embed_lr_mult)
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
@@ -113,7 +125,7 @@ class DinoStep:
         loss_cfg = cfg.loss
         self.loss_fn = DINOLoss(cfg.head.out_dim, n_crops, loss_cfg.student_temp, loss_cfg.center_momentum)
         self.loss_fn.to(device)
-        self.optimizer = build_optimizer(cfg.optim.optimizer, param_groups(_unwrap(student)))
+        self.optimizer = build_optimizer(cfg.optim.optimizer, training_param_groups(cfg, _unwrap(student)))
         self.precision = _resolve_precision(cfg.run.precision, device)
         self.scaler = torch.amp.GradScaler(device.type) if self.precision == "fp16" else None
 
@@ -127,7 +139,8 @@ class DinoStep:
         """Run global iteration ``it`` (of epoch ``epoch``) on a list of crop batches.
 
         Returns:
-            ``loss``, ``lr``, ``wd``, ``momentum``, ``teacher_temp`` of this iteration.
+            ``loss``, ``lr``, ``wd``, ``momentum``, ``teacher_temp`` of this iteration, and the collapse
+            guard's statistics (:func:`~dinofeat.training.collapse.collapse_stats`).
 
         Raises:
             NonFiniteLossError: before any parameter changes, if the loss is not finite.
@@ -136,13 +149,15 @@ class DinoStep:
         lr, wd, momentum = float(s.lr[it]), float(s.wd[it]), float(s.momentum[it])
         temp = float(s.teacher_temp[epoch])
         for index, group in enumerate(self.optimizer.param_groups):
-            group["lr"] = lr
-            if index == 0:  # only the regularised group gets weight decay
+            group["lr"] = lr * group.get("lr_mult", 1.0)
+            if group.get("apply_wd", index == 0):  # only regularised groups get weight decay
                 group["weight_decay"] = wd
         crops = [c.to(self.device, non_blocking=True) for c in crops]
         with self._autocast():
             teacher_out = self.teacher(crops[:2])
             student_out = self.student(crops)
+            stats = collapse_stats(teacher_out, student_out, self.loss_fn.center, temp,
+                                   self.cfg.loss.student_temp)
             loss = self.loss_fn(student_out, teacher_out, teacher_temp=temp)
         loss_value = loss.item()
         if not np.isfinite(loss_value):
@@ -152,7 +167,7 @@ class DinoStep:
             )
         self._backward_and_step(loss, epoch)
         ema_update(self.teacher, _unwrap(self.student), momentum)
-        return {"loss": loss_value, "lr": lr, "wd": wd, "momentum": momentum, "teacher_temp": temp}
+        return {"loss": loss_value, "lr": lr, "wd": wd, "momentum": momentum, "teacher_temp": temp, **stats}
 
     def _backward_and_step(self, loss: torch.Tensor, epoch: int) -> None:
         o = self.cfg.optim

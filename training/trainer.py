@@ -26,6 +26,7 @@ from dinofeat.training.checkpoint import (
     load_checkpoint,
     restore_rng_state,
 )
+from dinofeat.training.collapse import CollapseDetector
 from dinofeat.training.config import TrainConfig, check_config
 from dinofeat.training.data import EpochSampler, ImageDataset, collate_crops, read_file_list
 from dinofeat.training.device_augment import (
@@ -37,6 +38,7 @@ from dinofeat.training.device_augment import (
     crop_kinds,
 )
 from dinofeat.training.head import official_head_keys_to_parametrized
+from dinofeat.training.init_weights import load_init_weights, resolve_init_arch
 from dinofeat.training.metrics import MetricsWriter
 from dinofeat.training.preemption import RunControl, ignore_preemption_signals
 from dinofeat.training.rng import iteration_rng, loader_generator
@@ -61,6 +63,10 @@ def build_dataset(cfg: TrainConfig) -> ImageDataset:
     d, c = cfg.data, cfg.crops
     if (d.path is None) == (d.file_list is None):
         raise ValueError("set exactly one of data.path (an image folder) and data.file_list")
+    if d.channels is not None:
+        from dinofeat.training.bands import build_band_dataset
+
+        return build_band_dataset(cfg)
     paths = list_image_files(d.path) if d.path is not None else read_file_list(str(d.file_list))
     augmentation: Callable[[Image.Image], list[torch.Tensor]]
     if d.augmentation == "device":
@@ -78,9 +84,14 @@ def crop_kinds_of(cfg: TrainConfig) -> list[CropKind]:
 
 def _check_same_network(saved: dict[str, Any], current: dict[str, Any], origin: str) -> None:
     """A resumed run must build the network it saved; name every model/head setting that differs."""
+    # Settings a checkpoint predates are not compared; model.init only matters at the start.
     changed = [f"{section}.{key}: {saved_value!r} there, {value!r} now"
                for section in ("model", "head") for key, value in current[section].items()
-               if (saved_value := saved.get(section, {}).get(key)) != value and key != "drop_path_rate"]
+               if key in saved.get(section, {}) and key not in ("drop_path_rate", "init")
+               and (saved_value := saved[section][key]) != value]
+    if saved.get("data", {}).get("channels") != current["data"]["channels"]:
+        changed.append(f"data.channels: {saved.get('data', {}).get('channels')!r} there, "
+                       f"{current['data']['channels']!r} now")
     if changed:
         raise ValueError(
             f"{origin} was written by a run with other network settings ({'; '.join(changed)}). Resume "
@@ -100,7 +111,8 @@ class Trainer:
     def __init__(
         self, cfg: TrainConfig, eval_hook: EvalHook | None = None, dist_info: DistInfo | None = None
     ) -> None:
-        self.cfg = check_config(cfg)  # also when built in Python, not through resolve_config
+        # Checked also when built in Python, not through resolve_config.
+        self.cfg = resolve_init_arch(check_config(cfg))
         self.eval_hook = eval_hook
         self.dist = dist_info or init_distributed(cfg.run.device)
         self.output_dir = Path(cfg.run.output_dir)
@@ -136,10 +148,14 @@ class Trainer:
         self._distribute(student, device)
         # The teacher follows the (DDP-broadcast) student, as in the official code.
         self.teacher.load_state_dict(self.student_module.state_dict(), strict=True)
+        if cfg.model.init is not None:  # every rank reads the same weights: no broadcast needed
+            self.init_info = load_init_weights(cfg, self.student_module, self.teacher)
         schedules = Schedules.from_config(cfg, self.iters_per_epoch, self.dist.world_size)
         self.step = DinoStep(cfg, self.student, self.teacher, schedules, device)
         self.device_crops = DeviceMultiCrop(crop_kinds_of(cfg), device)
         self.metrics = MetricsWriter(self.output_dir, enabled=self.dist.is_main)
+        self.collapse = CollapseDetector(cfg.head.out_dim, cfg.run.collapse_window or self.iters_per_epoch,
+                                         cfg.run.collapse_patience)
         self.control = RunControl(cfg.run.checkpoint_every, cfg.run.checkpoint_every_minutes, device)
         self.start_epoch = self.start_iter = 0
         self._maybe_resume()
@@ -332,8 +348,13 @@ class Trainer:
             record = {"epoch": epoch, "iteration": it, "iter_in_epoch": index,
                       "iters_per_epoch": self.iters_per_epoch, **result,
                       "images_per_s": batch_images / elapsed, "data_time": data_time, "iter_time": elapsed}
+            warning = self.collapse.observe(result)
+            if warning is not None:
+                record["collapse_warning"] = warning
+                if self.dist.is_main:
+                    _log.warning(warning)
             self.metrics.write(record)
-            if index % self.cfg.run.log_every == 0 or index == self.iters_per_epoch - 1:
+            if warning or index % self.cfg.run.log_every == 0 or index == self.iters_per_epoch - 1:
                 self.metrics.progress(record)
             self.iterations_done = it + 1
             checkpoint, stop = self.control.after_iteration(it + 1)

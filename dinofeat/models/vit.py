@@ -43,6 +43,7 @@ class DinoVisionTransformer(VisionTransformer):
         super().__init__(
             img_size=config.img_size,
             patch_size=config.patch_size,
+            in_chans=config.in_chans,
             embed_dim=config.embed_dim,
             depth=config.depth,
             num_heads=config.num_heads,
@@ -104,12 +105,12 @@ class DinoVisionTransformer(VisionTransformer):
         """Patch embedding + prefix tokens + position embedding: the input of block 0.
 
         Args:
-            x: Normalised images (B, 3, H, W).
+            x: Normalised images (B, C, H, W), C = ``config.in_chans``.
             patch_stride: Overlapping patches (see :meth:`forward_tokens`); None or the patch size
                 for the ordinary grid.
         """
         patch = self.config.patch_size
-        check_images(x, patch_size=patch)
+        check_images(x, self.config.in_chans, patch_size=patch)
         batch, _, height, width = x.shape
         if patch_stride is None or patch_stride == patch:
             # The official stride-P convolution drops remainder pixels; timm asserts instead.

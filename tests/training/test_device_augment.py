@@ -122,3 +122,8 @@ def test_training_on_the_device_path_runs_and_resumes_exactly(tmp_path):
 def test_an_unknown_augmentation_path_is_refused():
     with pytest.raises(ValueError, match=r"data\.augmentation"):
         resolve_config(overrides=["data.augmentation=gpu"])
+
+
+def test_the_device_path_refuses_multi_band_data():
+    with pytest.raises(ValueError, match=r"data\.augmentation=device makes RGB crops"):
+        resolve_config(overrides=["data.augmentation=device", "data.channels=5"])

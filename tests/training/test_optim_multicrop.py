@@ -92,13 +92,13 @@ def test_config_sources_and_errors(tmp_path) -> None:  # type: ignore[no-untyped
             resolve_config(overrides=bad)
     assert resolve_config(overrides=["run.epochs=2.0", "optim.warmup_epochs=0"]).run.epochs == 2
     out_of_range = ["run.epochs=3", "crops.local_crops_number=-1", "crops.global_scale=[0.9,0.1]",
-                    "optim.lr=0", "head.out_dim=0", "loss.center_momentum=1", "run.precision=fp8"]
+                    "optim.lr=0", "head.out_dim=0", "loss.center_momentum=1.5", "run.precision=fp8"]
     with pytest.raises(ValueError, match="invalid training config") as error:
         resolve_config(overrides=out_of_range)
     for message in ("optim.warmup_epochs (10) must lie in [0, run.epochs = 3]",
                     "crops.local_crops_number must be >= 0, got -1", "crops.global_scale must be (low, high)",
                     "optim.lr must be > 0", "head.out_dim must be >= 1",
-                    "loss.center_momentum must lie in [0, 1)",
+                    "loss.center_momentum must lie in [0, 1], got 1.5",
                     "run.precision must be one of auto, fp32, fp16, bf16, got 'fp8'"):
         assert message in str(error.value)
     assert isinstance(resolve_config(overrides=["optim.lr=1"]).optim.lr, float)
