@@ -85,9 +85,11 @@ training-time norm and is never used (timm / HF files lack it: it is filled with
 keys, with the CLS and storage columns dropped and not renormalised (the storage tokens take attention
 mass).
 
-Published numbers: the k-NN / linear columns are empty for DINOv3 because no per-model ImageNet-1k k-NN and
-linear top-1 figures from the DINOv3 paper (arXiv:2508.10104) or model card could be checked here; parameter
-counts are those of the official builders (counted on the meta device).
+Published numbers: the k-NN / linear columns are empty for DINOv3. Its model card reports, per model,
+linear-probe results on IN-ReaL, IN-R and ObjectNet (plus dense tasks), not the ImageNet-1k val k-NN and
+linear top-1 of this table, and no per-model figure of that kind from the paper (arXiv:2508.10104) could be
+checked offline here, so none is shown rather than one of another metric. Parameter counts are those of the
+official builders (counted on the meta device).
 """
 
 
