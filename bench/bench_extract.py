@@ -3,9 +3,10 @@
 Generates a folder of small JPEGs (or reuses --folder), then runs ``dinofeat.extraction`` on it with
 several numbers of DataLoader workers (the default, ``default_num_workers()``, among them), each in a
 fresh output folder, and times the bare forward pass of the same model on already-preprocessed
-batches of the same size. The gap between the two is the data-loading and writing overhead.
+batches of the same size. The gap between the two is the data-loading and writing overhead. The
+configurations run in interleaved rounds and the medians are reported.
 
-Usage: nice -n 10 python bench/bench_extract.py [--images 20000] [--workers 0 1 2 4] [--model M]
+Usage: nice -n 10 python bench/bench_extract.py [--images 20000] [--workers 0 1 2 4] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -76,6 +78,7 @@ def main() -> None:
     parser.add_argument("--model", default=BUNDLED_MODEL)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--shard-size", type=int, default=5_000)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repeats (medians reported)")
     args = parser.parse_args()
     model = dinofeat.load(args.model, device="cpu")
     scratch = None
@@ -88,19 +91,30 @@ def main() -> None:
         print(f"generated {args.images} JPEGs in {time.perf_counter() - start:.0f} s", flush=True)
     try:
         default = default_num_workers()
-        rates = {}
-        for workers in sorted(set(args.workers) | {default}):
-            rates[workers] = time_extraction(model, folder, workers, args.batch_size, args.shard_size)
-            print(f"extraction, {workers} workers: {rates[workers]:.1f} images/s", flush=True)
-        forward = time_forward(model, min(args.images, 5_000), args.batch_size)
-        best = max(rates, key=lambda w: rates[w])
+        configs = sorted(set(args.workers) | {default})
+        # Interleaved rounds (every configuration and the bare forward once per round), medians
+        # reported: on a shared machine the load drifts between configurations run one after another.
+        rates: dict[int, list[float]] = {workers: [] for workers in configs}
+        forwards: list[float] = []
+        for round_number in range(args.rounds):
+            for workers in configs:
+                rate = time_extraction(model, folder, workers, args.batch_size, args.shard_size)
+                rates[workers].append(rate)
+            forwards.append(time_forward(model, min(args.images, 5_000), args.batch_size))
+            measured = ", ".join(f"{w} workers {rates[w][-1]:.1f}" for w in configs)
+            print(f"round {round_number + 1}: {measured}, forward {forwards[-1]:.1f} images/s", flush=True)
+        median = {workers: statistics.median(values) for workers, values in rates.items()}
+        forward = statistics.median(forwards)
+        best = max(median, key=lambda w: median[w])
         result = {"model": args.model, "images": len(list(folder.iterdir())), "cpus": os.cpu_count(),
                   "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size,
-                  "default_workers": default, "rates": rates, "best_workers": best, "forward": forward}
+                  "default_workers": default, "rates": rates, "forward": forwards, "best_workers": best}
         print(json.dumps(result))
-        print(f"| whole extraction, default {default} workers | {rates[default]:.1f} |")
-        print(f"| whole extraction, best ({best} workers) | {rates[best]:.1f} |")
-        print(f"| bare forward (preprocessed batches) | {forward:.1f} |")
+        for workers in configs:
+            label = " (default)" if workers == default else ""
+            print(f"| whole extraction, {workers} workers{label} | {median[workers]:.1f} | "
+                  f"{median[workers] / forward:.2f}x |")
+        print(f"| bare forward (preprocessed batches) | {forward:.1f} | 1.00x |")
     finally:
         if scratch is not None:
             shutil.rmtree(scratch)
