@@ -139,8 +139,13 @@ def build_optimizer(name: OptimizerName, groups: list[dict[str, Any]]) -> torch.
     """
     clean = [{k: v for k, v in g.items() if k != "names"} for g in groups]
     if name == "adamw":
-        # Default implementation choice, as the official code (single-tensor on CPU).
-        return torch.optim.AdamW(clean)
+        # The fused kernel (one pass over each tensor's parameter, gradient and both moments) where
+        # torch has one for the parameters' device; the same update to float32 rounding.
+        params = [p for g in clean for p in g["params"]]
+        devices = {p.device.type for p in params}
+        plain = all(type(p) is nn.Parameter or type(p) is torch.Tensor for p in params)
+        fused = plain and len(devices) == 1 and devices <= {"cpu", "cuda"}
+        return torch.optim.AdamW(clean, fused=fused or None)
     if name == "sgd":
         return torch.optim.SGD(clean, lr=0, momentum=0.9)
     if name == "lars":
