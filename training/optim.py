@@ -65,14 +65,17 @@ def clip_gradients_per_param(model: nn.Module, clip: float) -> list[torch.Tensor
         >>> round(float(layer.weight.grad.norm()), 4)
         3.0
     """
-    norms = []
-    for param in model.parameters():
-        if param.grad is None:
-            continue
-        norm = param.grad.norm(2)
-        norms.append(norm)
-        clip_coef = clip / (norm + 1e-6)
-        param.grad.mul_(clip_coef.clamp(max=1.0))
+    grads = [param.grad for param in model.parameters() if param.grad is not None]
+    if not grads:
+        return []
+    # One multi-tensor kernel per operation instead of five small kernels per tensor; the same
+    # arithmetic: clip / (n + 1e-6) is reciprocal(n + 1e-6) * clip, as torch evaluates `clip / t`.
+    norms = list(torch._foreach_norm(grads, 2))
+    coefs = torch._foreach_add(norms, 1e-6)
+    torch._foreach_reciprocal_(coefs)
+    torch._foreach_mul_(coefs, clip)
+    torch._foreach_clamp_max_(coefs, 1.0)
+    torch._foreach_mul_(grads, coefs)
     return norms
 
 
@@ -136,8 +139,13 @@ def build_optimizer(name: OptimizerName, groups: list[dict[str, Any]]) -> torch.
     """
     clean = [{k: v for k, v in g.items() if k != "names"} for g in groups]
     if name == "adamw":
-        # Default implementation choice, as the official code (single-tensor on CPU).
-        return torch.optim.AdamW(clean)
+        # The fused kernel (one pass over each tensor's parameter, gradient and both moments) where
+        # torch has one for the parameters' device; the same update to float32 rounding.
+        params = [p for g in clean for p in g["params"]]
+        devices = {p.device.type for p in params}
+        plain = all(type(p) is nn.Parameter or type(p) is torch.Tensor for p in params)
+        fused = plain and len(devices) == 1 and devices <= {"cpu", "cuda"}
+        return torch.optim.AdamW(clean, fused=fused or None)
     if name == "sgd":
         return torch.optim.SGD(clean, lr=0, momentum=0.9)
     if name == "lars":
