@@ -31,7 +31,8 @@ from dinofeat.training.checkpoint import (
     load_checkpoint,
     restore_rng_state,
 )
-from dinofeat.training.config import TrainConfig, check_config, resolve_config, training_arch
+from dinofeat.training.config import TrainConfig, resolve_config, training_arch
+from dinofeat.training.config_checks import check_config
 from dinofeat.training.data import EpochSampler, collate_crops
 from dinofeat.training.metrics import MetricsWriter
 from dinofeat.training.optim import build_optimizer, clip_gradients_per_param, param_groups

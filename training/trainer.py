@@ -27,7 +27,8 @@ from dinofeat.training.checkpoint import (
     restore_rng_state,
 )
 from dinofeat.training.collapse import CollapseDetector
-from dinofeat.training.config import TrainConfig, check_config
+from dinofeat.training.config import TrainConfig
+from dinofeat.training.config_checks import check_config
 from dinofeat.training.data import EpochSampler, ImageDataset, collate_crops, read_file_list
 from dinofeat.training.device_augment import (
     CropKind,
