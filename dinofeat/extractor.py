@@ -11,7 +11,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from dinofeat.bands import band_items
 from dinofeat.config import PreprocessConfig
 from dinofeat.feature_outputs import FeatureBatch, check_outputs, concat_batches, read_outputs
 from dinofeat.inputs import count_images, image_items, iter_batches
@@ -95,8 +94,7 @@ class FeatureExtractor(nn.Module):
         """The input as a list of single images (a preprocessed float batch as is), and each row's file."""
         if isinstance(images, torch.Tensor) and images.is_floating_point():
             return images, (None,) * count_images(images)
-        bands = self.preprocess.bands  # a C-band model takes band files, not images
-        items = band_items(images, bands) if bands is not None else image_items(images)
+        items = image_items(images, self.preprocess)
         return items, tuple(Path(item) if isinstance(item, (str, os.PathLike)) else None for item in items)
 
     # ------------------------------------------------------------------ public API

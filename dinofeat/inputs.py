@@ -87,9 +87,12 @@ def _expand(images: Any) -> list[Any]:
     return [images]
 
 
-def image_items(images: Any) -> list[Any]:
+def image_items(images: Any, config: PreprocessConfig | None = None) -> list[Any]:
     """The single images that ``images`` stands for, in order (folders listed, lists flattened), not
-    decoded: what each output row of a call corresponds to."""
+    decoded: what each output row of a call corresponds to. A C-band model's (``config.bands`` set) are
+    band files and arrays."""
+    if config is not None and config.bands is not None:
+        return band_items(images, config.bands)
     return _expand(images)
 
 
@@ -126,11 +129,9 @@ def _to_pil(item: Any, index: int) -> Image.Image:
 
 
 def count_images(images: Any, config: PreprocessConfig | None = None) -> int:
-    if config is not None and config.bands is not None:
-        return len(band_items(images, config.bands))
     if isinstance(images, torch.Tensor) and images.is_floating_point():
         return 1 if images.ndim == 3 else int(images.shape[0])  # one preprocessed (3, H, W) image
-    return len(_expand(images))
+    return len(image_items(images, config))
 
 
 def iter_batches(
