@@ -209,7 +209,8 @@ def load(
         arch: Architecture of a bare weights file: a zoo name, a config or a dict.
         device: Defaults to cuda, then mps, then cpu.
         dtype: E.g. ``torch.bfloat16`` on a GPU; float32 by default. Outputs are float32 regardless.
-        pretrained: With a zoo name, ``False`` builds the architecture without fetching weights.
+        pretrained: ``False`` builds the source's architecture (and keeps its preprocessing) with random
+            weights: a zoo name fetches nothing; any other source is read once for its architecture.
         checkpoint_key: Network taken from a full training checkpoint (``"teacher"`` or ``"student"``).
 
     Returns:
@@ -235,6 +236,13 @@ def load(
     text = os.fspath(source)
     if arch is not None and (text.startswith(HF_HUB_PREFIX) or text in ZOO or Path(text).is_dir()):
         raise ValueError(f"arch= is for a bare weights file; {text!r} names its own architecture")
+    if not pretrained and text not in ZOO:
+        # Read once for its architecture and preprocessing; the random weights are drawn from the
+        # generator state of the call, so a seed gives what it gives for the same zoo architecture.
+        rng_state = torch.random.get_rng_state()
+        source_model = load(text, arch=arch, device="cpu", checkpoint_key=checkpoint_key)
+        torch.random.set_rng_state(rng_state)
+        return _finish(build_backbone(source_model.backbone.config), source_model.preprocess, None, device, dtype)
     if text.startswith(HF_HUB_PREFIX):
         return _finish(*_load_hf_hub(text), device, dtype)
     if text in ZOO:

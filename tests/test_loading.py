@@ -281,3 +281,22 @@ def test_device_dtype_and_arch_arguments_are_checked(tmp_path):
     for source in ("vit_s16", folder):
         with pytest.raises(ValueError, match="arch= is for a bare weights file"):
             dinofeat.load(source, arch="vit_s8", pretrained=False, device="cpu")
+
+
+def test_pretrained_false_randomises_a_folder_and_keeps_its_preprocessing(tmp_path):
+    """`dinofeat knn --random-init --model FOLDER` is the untrained baseline of a trained model."""
+    arch = ViTConfig(**TINY_VIT)
+    trained = build_backbone(arch)
+    with torch.no_grad():
+        trained.cls_token.fill_(3.0)
+    config = HubConfig(arch=arch, preprocess=dinofeat.config.PreprocessConfig(resize=40, crop=32))
+    folder = save_pretrained(trained, tmp_path / "model", config)
+    torch.manual_seed(0)
+    random_model = dinofeat.load(folder, pretrained=False, device="cpu")
+    torch.manual_seed(0)
+    expected = build_backbone(arch)
+    assert random_model.preprocess.crop == 32 and random_model.backbone.config == arch
+    state = random_model.backbone.state_dict()
+    assert all(torch.equal(value, state[key]) for key, value in expected.state_dict().items())
+    assert not torch.equal(state["cls_token"], trained.cls_token)
+    assert torch.equal(dinofeat.load(folder, device="cpu").backbone.cls_token, trained.cls_token)
