@@ -1,5 +1,6 @@
 """Distillation: a fixed random teacher into a smaller student drives the loss down and makes the
-student's nearest neighbours agree with the teacher's far above chance; the export loads."""
+student's nearest neighbours agree with the teacher's far above chance and above an untrained
+student's; the export loads."""
 
 from __future__ import annotations
 
@@ -42,12 +43,6 @@ def _toy_images(root: Path, n: int, seed: int) -> list[Path]:
         paths.append(root / f"img{i:03d}.png")
         Image.fromarray(pixels).save(paths[-1])
     return paths
-
-
-def _nearest(model: FeatureExtractor, queries: list[Path], keys: list[Path]) -> torch.Tensor:
-    q = F.normalize(model.embed(queries), dim=-1)
-    k = F.normalize(model.embed(keys), dim=-1)
-    return (q @ k.T).argmax(dim=1)
 
 
 def test_token_loss_resamples_the_teacher_grid() -> None:
@@ -93,44 +88,72 @@ def _toy_bands(root: Path, n: int, seed: int) -> list[Path]:
     return paths
 
 
-@pytest.mark.slow
-def test_distilled_student_agrees_with_its_teacher(tmp_path: Path) -> None:
+def _random_teacher(root: Path, arch: ViTConfig, preprocess: PreprocessConfig, weight_scale: float) -> Path:
+    """A fixed random ViT with its weight matrices scaled up.
+
+    At the default initialisation (std 0.02) a random ViT is close to a random linear projection of
+    the mean patch, and any other random network keeps the same neighbourhoods (measured: an untrained
+    student agrees with such a teacher as often as a distilled one). Scaled weights make the teacher a
+    non-linear random function that a student shares only by learning it.
+    """
+    backbone = build_backbone(arch)
+    with torch.no_grad():
+        for name, param in backbone.named_parameters():
+            if param.ndim >= 2 and name not in ("cls_token", "pos_embed"):
+                param.mul_(weight_scale)
+    return save_pretrained(backbone, root, HubConfig(arch=arch, preprocess=preprocess))
+
+
+def _top_k(model: FeatureExtractor, queries: list[Path], keys: list[Path], k: int) -> torch.Tensor:
+    q = F.normalize(model.embed(queries), dim=-1)
+    return (q @ F.normalize(model.embed(keys), dim=-1).T).topk(k, dim=1).indices
+
+
+def _overlap(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean fraction of shared indices between the rows of two top-k index tensors."""
+    return float(np.mean([len(set(x.tolist()) & set(y.tolist())) for x, y in zip(a, b)])) / a.shape[1]
+
+
+def test_distilled_student_agrees_with_its_teacher_where_an_untrained_one_does_not(tmp_path: Path) -> None:
     """Band data, so that the augmentation is crops and flips only (no colour jitter).
 
-    Measured (docs/training.md, Distillation): loss 1.26 -> 0.40 and 1-NN agreement 0.28 (11x chance),
-    but an untrained student of the same shape agrees as often on this toy set, so the agreement is
-    asserted against chance only; the loss is what shows the student learning the teacher here.
+    Measured (docs/training.md, Distillation), seeds 0 / 1 / 2 of the teacher: held-out 1-NN agreement
+    0.25 / 0.25 / 0.22 distilled against 0.07 / 0.13 / 0.12 untrained (chance 0.01); top-5 overlap
+    0.45 / 0.47 / 0.46 against 0.23 / 0.27 / 0.27.
     """
     torch.manual_seed(0)
     norm = BandNormalization(3, mean=(1.0,) * 3, std=(1.0,) * 3)
     arch = ViTConfig(patch_size=8, embed_dim=48, depth=3, num_heads=2, img_size=32, in_chans=3)
     preprocess = PreprocessConfig(resize=36, crop=32, bands=norm)
-    config = HubConfig(arch=arch, preprocess=preprocess)
-    teacher_dir = save_pretrained(build_backbone(arch), tmp_path / "teacher", config)
-    _toy_bands(tmp_path / "train", 200, seed=0)
-    keys, queries = _toy_bands(tmp_path / "keys", 40, seed=1), _toy_bands(tmp_path / "queries", 40, seed=2)
+    teacher_dir = _random_teacher(tmp_path / "teacher", arch, preprocess, weight_scale=6.0)
+    _toy_bands(tmp_path / "train", 400, seed=0)
+    keys, queries = _toy_bands(tmp_path / "keys", 100, seed=1), _toy_bands(tmp_path / "queries", 100, seed=2)
     out = tmp_path / "run"
     args = ["distill", "--teacher", str(teacher_dir), "--student", json.dumps(STUDENT), "--data",
             str(tmp_path / "train"), "--output-dir", str(out)]
     band_settings = ["data.channels=3", "bands.mean=[1,1,1]", "bands.std=[1,1,1]", "bands.intensity_p=0",
                      "bands.noise_p=0", "bands.blur_p=0", "bands.vflip=false", "data.cache_size=1",
                      "crops.global_scale=[0.6,1.0]", "crops.local_crops_number=0",
-                     "optim.batch_size_per_gpu=20", "optim.lr=0.05", "run.epochs=10"]
+                     "optim.batch_size_per_gpu=20", "optim.lr=0.05", "run.epochs=20"]
     for item in [*SETTINGS, *band_settings]:
         args += ["--set", item]
     assert main(args) == 0
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r["epoch_summary"]["loss"] for r in lines if "epoch_summary" in r]
-    assert losses[-1] < 0.6 * losses[0], losses
+    assert losses[-1] < 0.4 * losses[0], losses
     assert main(["export", str(out / "checkpoint.pth"), str(tmp_path / "student")]) == 0
     student = dinofeat.load(tmp_path / "student", device="cpu")
     teacher = dinofeat.load(teacher_dir, device="cpu")
     torch.manual_seed(0)
     untrained = FeatureExtractor(build_backbone(ViTConfig(**STUDENT, in_chans=3)), student.preprocess)
-    target = _nearest(teacher, queries, keys)
-    agreement = float((_nearest(student, queries, keys) == target).float().mean())
-    before = float((_nearest(untrained, queries, keys) == target).float().mean())
-    chance = 1 / len(keys)
-    print(f"1-NN agreement with the teacher: distilled {agreement:.2f}, untrained {before:.2f}, "
-          f"chance {chance}; losses {[round(v, 3) for v in losses]}")
-    assert agreement >= 8 * chance, (agreement, before, chance)
+    target = _top_k(teacher, queries, keys, 5)
+    distilled, before = _top_k(student, queries, keys, 5), _top_k(untrained, queries, keys, 5)
+    agreement = float((distilled[:, 0] == target[:, 0]).float().mean())
+    untrained_agreement = float((before[:, 0] == target[:, 0]).float().mean())
+    top5, untrained_top5 = _overlap(distilled, target), _overlap(before, target)
+    print(f"1-NN agreement with the teacher: distilled {agreement:.2f}, untrained {untrained_agreement:.2f}, "
+          f"chance {1 / len(keys)}; top-5 overlap {top5:.3f} / {untrained_top5:.3f}; "
+          f"losses {[round(v, 3) for v in losses]}")
+    assert agreement >= 15 / len(keys), agreement
+    assert agreement >= 1.5 * untrained_agreement and top5 >= 1.5 * untrained_top5, \
+        (agreement, untrained_agreement, top5, untrained_top5)
