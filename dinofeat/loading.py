@@ -242,7 +242,8 @@ def load(
         rng_state = torch.random.get_rng_state()
         source_model = load(text, arch=arch, device="cpu", checkpoint_key=checkpoint_key)
         torch.random.set_rng_state(rng_state)
-        return _finish(build_backbone(source_model.backbone.config), source_model.preprocess, None, device, dtype)
+        random_backbone = build_backbone(source_model.backbone.config)
+        return _finish(random_backbone, source_model.preprocess, None, device, dtype)
     if text.startswith(HF_HUB_PREFIX):
         return _finish(*_load_hf_hub(text), device, dtype)
     if text in ZOO:

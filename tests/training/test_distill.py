@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 from dinofeat.training.cli import main
@@ -111,7 +110,8 @@ def _top_k(model: FeatureExtractor, queries: list[Path], keys: list[Path], k: in
 
 def _overlap(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean fraction of shared indices between the rows of two top-k index tensors."""
-    return float(np.mean([len(set(x.tolist()) & set(y.tolist())) for x, y in zip(a, b)])) / a.shape[1]
+    shared = [len(set(x.tolist()) & set(y.tolist())) for x, y in zip(a, b, strict=True)]
+    return float(np.mean(shared)) / a.shape[1]
 
 
 def test_distilled_student_agrees_with_its_teacher_where_an_untrained_one_does_not(tmp_path: Path) -> None:
