@@ -14,7 +14,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from timm.layers.mlp import Mlp, SwiGLUPacked
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from dinofeat.config import ViTConfig
@@ -38,7 +38,7 @@ class DinoVisionTransformer(VisionTransformer):
 
     has_attention = True
 
-    def __init__(self, config: ViTConfig) -> None:
+    def __init__(self, config: ViTConfig, block_fn: type[nn.Module] = Block) -> None:
         swiglu = config.mlp == "swiglu"
         super().__init__(
             img_size=config.img_size,
@@ -59,6 +59,7 @@ class DinoVisionTransformer(VisionTransformer):
             act_layer=nn.SiLU if swiglu else nn.GELU,
             drop_path_rate=config.drop_path_rate,
             dynamic_img_size=True,
+            block_fn=block_fn,  # the trainer's student: training/stochastic_depth.py
         )
         self.config = config
 
