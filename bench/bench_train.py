@@ -7,18 +7,23 @@ one data-loading worker, 512 generated 256x256 JPEG images.
 
 Usage:
     python bench/bench_train.py --iters 10
+    python bench/bench_train.py --iters 10 --prefetched
     python bench/bench_train.py --iters 10 --side-by-side 3
 The first prints images/s (median over iterations after the first) and peak RSS, plus the ceiling that the
 machine's own matrix-multiply speed puts on this config: the arithmetic of one iteration (counted by torch's
 FlopCounterMode, attention included) divided by the best sgemm rate measured in the same process.
 The second alternates ROUNDS runs of the official training loop (../shared/reference/official-dino/
 bench_official_train.py, as a subprocess) with ROUNDS runs of this benchmark (also a subprocess, without the
-ceiling), and reports both medians, the ratio of median images/s and of median peak RSS of the main process.
+ceiling), and reports both medians, the ratio of median images/s and of median peak RSS of the main process;
+each round also runs this benchmark with ``--prefetched`` (the batches made before timing, so no loader
+worker competes with the step for the cores): its ratio to the official run is what a data path of no
+cost would give.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import statistics
@@ -32,9 +37,11 @@ from typing import Any
 import numpy as np
 import torch
 from dinofeat.training.config import TrainConfig, resolve_config
+from dinofeat.training.data import collate_crops
 from dinofeat.training.step import DinoStep, Schedules, build_student_teacher
 from dinofeat.training.trainer import Trainer
 from PIL import Image
+from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 OFFICIAL_RUNNER = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official-dino" / \
@@ -97,10 +104,12 @@ def side_by_side(rounds: int, iters: int) -> dict[str, Any]:
     """Alternate the official loop and this benchmark, ``rounds`` runs each, in fresh processes."""
     if not OFFICIAL_RUNNER.is_file():
         raise SystemExit(f"needs {OFFICIAL_RUNNER} (the read-only ../shared folder beside the project root)")
-    official, ours = [], []
+    official, ours, prefetched = [], [], []
     for _ in range(rounds):
         official.append(_run_json([sys.executable, str(OFFICIAL_RUNNER), str(iters)]))
         ours.append(_run_json([sys.executable, __file__, "--iters", str(iters), "--no-ceiling"]))
+        prefetched.append(_run_json([sys.executable, __file__, "--iters", str(iters), "--no-ceiling",
+                                     "--prefetched"]))
     official_ips = statistics.median(r["official_images_per_s"] for r in official)
     ours_ips = statistics.median(r["images_per_s"] for r in ours)
     official_rss = statistics.median(r["peak_rss_MiB"] for r in official)
@@ -112,6 +121,10 @@ def side_by_side(rounds: int, iters: int) -> dict[str, Any]:
         "official_peak_rss_MiB": [r["peak_rss_MiB"] for r in official],
         "dinofeat_peak_rss_main_MiB": [r["peak_rss_main_MiB"] for r in ours],
         "ratio_of_median_images_per_s": round(ours_ips / official_ips, 3),
+        # The same trainer without its loader worker running: the most that a free data path could give.
+        "dinofeat_prefetched_images_per_s": [r["images_per_s"] for r in prefetched],
+        "ratio_prefetched_to_official": round(
+            statistics.median(r["images_per_s"] for r in prefetched) / official_ips, 3),
         "ratio_of_median_peak_rss": round(ours_rss / official_rss, 3),
     }
 
@@ -122,6 +135,8 @@ def main() -> int:
     parser.add_argument("--side-by-side", type=int, metavar="ROUNDS", default=0,
                         help="alternate ROUNDS runs of the official loop and of this benchmark")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the FLOP count and sgemm ceiling")
+    parser.add_argument("--prefetched", action="store_true",
+                        help="make the batches before timing (what the step costs without the data path)")
     args = parser.parse_args()
     if args.side_by_side:
         print(json.dumps(side_by_side(args.side_by_side, args.iters), indent=2))
@@ -134,6 +149,11 @@ def main() -> int:
             f"data.path={images}", f"run.output_dir={out}", "run.saveckp_freq=0",
         ])
         trainer = Trainer(cfg)
+        if args.prefetched:  # the batches made first, in this process: no loader worker runs while timing
+            loader = DataLoader(trainer.dataset, batch_size=cfg.optim.batch_size_per_gpu,
+                                sampler=trainer.sampler, drop_last=True, collate_fn=collate_crops)
+            trainer.sampler.set_epoch(0)
+            trainer.loader = list(itertools.islice(loader, args.iters))  # type: ignore[assignment]
         start = time.perf_counter()
         trainer.train_one_epoch(0)
         wall = time.perf_counter() - start
