@@ -68,6 +68,22 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
         raise ImageReadError(f"cannot read image {path}: {error}") from None
 
 
+def command_line_images(paths: list[str]) -> list[Path]:
+    """The image files that command-line arguments name: files as given, folders listed."""
+    if not paths:
+        raise ValueError("give image files or folders")
+    files: list[Path] = []
+    for item in paths:
+        path = Path(item)
+        if path.is_dir():
+            files.extend(list_image_files(path))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"no such image file or folder: {item}")
+    return files
+
+
 def _expand(images: Any) -> list[Any]:
     """Flatten lists and folders into a list of single items (not yet decoded)."""
     if isinstance(images, (str, os.PathLike)):

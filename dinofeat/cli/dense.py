@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from dinofeat.cli.common import add_model_options, load_model_option
-from dinofeat.cli.features import _image_files
 from dinofeat.cli.video import add_pca_video_options, run_pca_video, video_input
 from dinofeat.dense.correspondences import grid_positions, mutual_nearest_neighbours
 from dinofeat.dense.pca import MASK_METHODS, fit_pca, foreground_mask
@@ -25,6 +24,7 @@ from dinofeat.dense.views import DEFAULT_DENSE_SIZE, PatchView, prepare_view, to
 from dinofeat.dense_figures import match_figure, pca_figure, segment_figure, similarity_figure
 from dinofeat.extractor import FeatureExtractor
 from dinofeat.figures import save_figure
+from dinofeat.inputs import command_line_images
 from dinofeat.preprocess import Size
 
 #: A row (or column) per image: beyond this a figure is unreadable.
@@ -82,7 +82,7 @@ def _dense_size(values: list[int]) -> Size:
 
 
 def _files(paths: list[str]) -> list[Path]:
-    files = _image_files(paths)
+    files = command_line_images(paths)
     if len(files) > MAX_FIGURE_IMAGES:
         raise ValueError(f"the figure takes at most {MAX_FIGURE_IMAGES} images, got {len(files)}")
     return files
@@ -141,7 +141,7 @@ def run_similarity(args: argparse.Namespace) -> int:
 def run_match(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise ValueError(f"--top must be >= 1, got {args.top}")
-    files = _image_files([args.image_a, args.image_b])
+    files = command_line_images([args.image_a, args.image_b])
     size = _dense_size(args.size)
     model = load_model_option(args)
     views = _views(model, files, size)

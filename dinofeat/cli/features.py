@@ -24,7 +24,7 @@ from dinofeat.evaluation.features import default_num_workers, drop_unreadable, e
 from dinofeat.extraction import DEFAULT_SHARD_SIZE, ExtractionSettings, extract_to_shards, print_report
 from dinofeat.feature_files import FEATURE_SUFFIXES, save_features
 from dinofeat.figures import attention_grid, save_figure
-from dinofeat.inputs import list_image_files, open_image
+from dinofeat.inputs import command_line_images, open_image
 from dinofeat.loading import load
 from dinofeat.model_ids import model_id
 from dinofeat.preprocess import Size, pil_geometry, to_normalized_tensor
@@ -100,21 +100,6 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _image_files(paths: list[str]) -> list[Path]:
-    if not paths:
-        raise ValueError("give image files or folders")
-    files: list[Path] = []
-    for item in paths:
-        path = Path(item)
-        if path.is_dir():
-            files.extend(list_image_files(path))
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"no such image file or folder: {item}")
-    return files
-
-
 def run_embed(args: argparse.Namespace) -> int:
     size = _size(args.size)  # before any work, not after it
     clip = video_input(args.paths)
@@ -129,7 +114,7 @@ def run_embed(args: argparse.Namespace) -> int:
     if args.files_from or any(Path(p).suffix.lower() in TAR_SUFFIXES for p in args.paths):
         raise ValueError("--files-from and .tar shards write Parquet shards: give -o a folder, not "
                          f"{Path(args.output).name!r}")
-    files = _image_files(args.paths)
+    files = command_line_images(args.paths)
     model = load_model_option(args)
     features = extract_features(model, files, batch_size=args.batch_size, num_workers=args.workers, size=size,
                                 skip_unreadable=args.skip_unreadable, progress=not args.no_progress)
@@ -167,7 +152,7 @@ def run_attention(args: argparse.Namespace) -> int:
         return run_attention_video(args, clip)
     if args.size is not None and len(args.size) != 2:
         raise ValueError(f"--size for images takes H W, got {args.size}")
-    files = _image_files(args.paths)
+    files = command_line_images(args.paths)
     if len(files) > MAX_ATTENTION_ROWS:  # a row per image: beyond this the figure is unreadable
         raise ValueError(f"the attention figure takes at most {MAX_ATTENTION_ROWS} images, got {len(files)}")
     model = load_model_option(args)
