@@ -17,8 +17,9 @@ import torch
 from bench_train import CONFIG
 from dinofeat.training.config import resolve_config
 from dinofeat.training.step import DinoStep, Schedules, build_student_teacher
-from dinofeat.training.stochastic_depth import KeptSamplesBlock
 from timm.models.vision_transformer import Block
+
+from dinofeat.models.stochastic_depth import KeptSamplesBlock
 
 
 def main() -> None:

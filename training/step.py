@@ -29,13 +29,12 @@ from dinofeat.training.optim import (
     param_groups,
 )
 from dinofeat.training.schedules import cosine_schedule, teacher_temp_schedule
-from dinofeat.training.stochastic_depth import KeptSamplesBlock
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from dinofeat.config import ArchConfig, ViTConfig
 from dinofeat.errors import DinofeatError
-from dinofeat.models import DinoVisionTransformer, build_backbone
+from dinofeat.models import build_backbone
 
 
 class NonFiniteLossError(DinofeatError, RuntimeError):
@@ -82,11 +81,7 @@ def build_student_teacher(cfg: TrainConfig) -> tuple[MultiCropWrapper, MultiCrop
         return DINOHead(arch.embed_dim, h.out_dim, h.hidden_dim, h.bottleneck_dim, h.nlayers, h.use_bn,
                         norm_last_layer)
 
-    if isinstance(student_arch, ViTConfig):
-        student_backbone: nn.Module = DinoVisionTransformer(student_arch, block_fn=KeptSamplesBlock)
-    else:
-        student_backbone = build_backbone(student_arch)
-    student = MultiCropWrapper(student_backbone, head(h.norm_last_layer))
+    student = MultiCropWrapper(build_backbone(student_arch), head(h.norm_last_layer))
     # Official: the teacher head is built with norm_last_layer True, then overwritten by the student.
     teacher = MultiCropWrapper(build_backbone(arch), head(True))
     teacher.load_state_dict(student.state_dict(), strict=True)

@@ -14,12 +14,13 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from timm.layers.mlp import Mlp, SwiGLUPacked
-from timm.models.vision_transformer import Block, VisionTransformer
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from dinofeat.config import ViTConfig
 from dinofeat.models.attention import block_with_cls_attention
 from dinofeat.models.pos_embed import interpolate_pos_embed, strided_pos_embed
+from dinofeat.models.stochastic_depth import KeptSamplesBlock
 from dinofeat.models.tokens import TokenOutput, check_images, check_patch_stride, selected_blocks
 
 
@@ -38,7 +39,7 @@ class DinoVisionTransformer(VisionTransformer):
 
     has_attention = True
 
-    def __init__(self, config: ViTConfig, block_fn: type[nn.Module] = Block) -> None:
+    def __init__(self, config: ViTConfig) -> None:
         swiglu = config.mlp == "swiglu"
         super().__init__(
             img_size=config.img_size,
@@ -59,7 +60,7 @@ class DinoVisionTransformer(VisionTransformer):
             act_layer=nn.SiLU if swiglu else nn.GELU,
             drop_path_rate=config.drop_path_rate,
             dynamic_img_size=True,
-            block_fn=block_fn,  # the trainer's student: training/stochastic_depth.py
+            block_fn=KeptSamplesBlock,  # timm's block; drop-path skips the dropped samples' branches
         )
         self.config = config
 

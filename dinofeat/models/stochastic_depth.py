@@ -1,6 +1,7 @@
 """Stochastic depth that computes each residual branch only for the samples it keeps.
 
-timm's ``DropPath`` (which the student's blocks use) computes a branch for the whole batch and then
+The DINO / DINOv2 ViT's block (:class:`~dinofeat.models.DinoVisionTransformer`); in eval mode or at
+drop-path rate 0 it is timm's block. timm's ``DropPath`` computes a branch for the whole batch and then
 multiplies the dropped samples' rows by zero. :class:`KeptSamplesBlock` draws the same mask, with
 the same call on the same generator at the same point of the block (``x.new_empty((B, 1, 1))
 .bernoulli_(keep)``, scaled by ``1 / keep``), runs the branch on the kept rows only and adds them
@@ -15,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from timm.layers import DropPath
+from timm.layers.drop import DropPath
 from timm.models.vision_transformer import Block
 from torch import nn
 
@@ -30,7 +31,8 @@ def kept_samples_residual(x: torch.Tensor, branch: Callable[[torch.Tensor], torc
         True
     """
     if not isinstance(drop, DropPath) or not drop.training or drop.drop_prob == 0.0:
-        return x + drop(branch(x))
+        plain: torch.Tensor = x + drop(branch(x))
+        return plain
     keep = 1.0 - drop.drop_prob
     mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
     if drop.scale_by_keep:
