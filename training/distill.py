@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from dinofeat.training.augment import normalize_crops
 from dinofeat.training.checkpoint import (
     CHECKPOINT_NAME,
     atomic_save,
@@ -189,8 +190,7 @@ class Distiller:
             if index == 0:
                 group["weight_decay"] = float(self.wd[it])
         total = torch.zeros((), device=self.device)
-        for crop in crops:
-            crop = crop.to(self.device)
+        for crop in normalize_crops(crops, self.device):
             with torch.no_grad():
                 out = self.teacher.forward_tokens(crop)
                 h, w = out.grid

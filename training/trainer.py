@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from dinofeat.training.augment import MultiCropAugmentation
+from dinofeat.training import hue
+from dinofeat.training.augment import MultiCropAugmentation, normalize_crops
 from dinofeat.training.checkpoint import (
     CHECKPOINT_NAME,
     atomic_save,
@@ -73,8 +74,9 @@ def build_dataset(cfg: TrainConfig) -> ImageDataset:
     if d.augmentation == "device":
         augmentation = MultiCropParams(crop_kinds_of(cfg))
     else:
+        # uint8 from the workers: the training process normalises whole batches (normalize_crops).
         augmentation = MultiCropAugmentation(c.global_size, c.local_size, c.global_scale, c.local_scale,
-                                             c.local_crops_number)
+                                             c.local_crops_number, as_uint8=True)
     return ImageDataset(paths, augmentation, seed=cfg.run.seed, cache_size=d.cache_size)
 
 
@@ -142,6 +144,11 @@ class Trainer:
                 f"per process "
                 f"({self.dist.world_size} processes); lower optim.batch_size_per_gpu"
             )
+        if cfg.data.augmentation != "device" and cfg.data.channels is None:
+            c = cfg.crops
+            pixels_per_sample = 2 * c.global_size ** 2 + c.local_crops_number * c.local_size ** 2
+            hue.expect_pixels(cfg.run.epochs * self.iters_per_epoch * cfg.optim.batch_size_per_gpu
+                              * pixels_per_sample)
         student, self.teacher, self.arch = build_student_teacher(cfg)
         device = self.dist.device
         student, self.teacher = student.to(device), self.teacher.to(device)
@@ -340,6 +347,8 @@ class Trainer:
             it = epoch * self.iters_per_epoch + index
             if isinstance(crops, PendingCrops):  # the GPU data path: crops made on the device
                 crops = self.device_crops(crops)
+            else:
+                crops = normalize_crops(crops, self.dist.device)
             with iteration_rng(self.cfg.run.seed, it, self.dist.rank, self.dist.device):
                 result = self.step(crops, it, epoch)
             elapsed = time.perf_counter() - tick
