@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from dinofeat.training import hue
 from dinofeat.training.config import TrainConfig, resolve_config
 from dinofeat.training.data import collate_crops
 from dinofeat.training.step import DinoStep, Schedules, build_student_teacher
@@ -137,6 +138,8 @@ def main() -> int:
     parser.add_argument("--no-ceiling", action="store_true", help="skip the FLOP count and sgemm ceiling")
     parser.add_argument("--prefetched", action="store_true",
                         help="make the batches before timing (what the step costs without the data path)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override on top of the fixed config (for A/B runs)")
     args = parser.parse_args()
     if args.side_by_side:
         print(json.dumps(side_by_side(args.side_by_side, args.iters), indent=2))
@@ -146,8 +149,11 @@ def main() -> int:
         make_images(images)
         cfg = resolve_config(overrides=[
             *CONFIG, f"run.max_iters_per_epoch={args.iters}", "run.log_every=1",
-            f"data.path={images}", f"run.output_dir={out}", "run.saveckp_freq=0",
+            f"data.path={images}", f"run.output_dir={out}", "run.saveckp_freq=0", *args.set,
         ])
+        # A run longer than a few dozen iterations builds the exact hue tables at its start (Trainer:
+        # hue.expect_pixels); this samples such a run's iterations, so it builds them too, before timing.
+        hue.build_tables()
         trainer = Trainer(cfg)
         if args.prefetched:  # the batches made first, in this process: no loader worker runs while timing
             loader = DataLoader(trainer.dataset, batch_size=cfg.optim.batch_size_per_gpu,
@@ -163,7 +169,9 @@ def main() -> int:
         del trainer  # stop the loader's worker before its images are deleted
     # Peak memory is read before the FLOP count builds a second model.
     rss_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    rss_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    rss_children = children.ru_maxrss / 1024
+    worker_cpu_s = children.ru_utime + children.ru_stime  # the loader worker, from its start to its exit
     median = statistics.median(times)
     ips = cfg.optim.batch_size_per_gpu / median
     result: dict[str, Any] = {
@@ -172,6 +180,7 @@ def main() -> int:
         "median_data_wait_s": round(statistics.median(data_times), 3), "images_per_s": round(ips, 2),
         "wall_s": round(wall, 1),
         "peak_rss_main_MiB": round(rss_self), "peak_rss_worker_MiB": round(rss_children),
+        "worker_cpu_s": round(worker_cpu_s, 2),
         "all_iter_times": [round(t, 3) for t in times],
     }
     if not args.no_ceiling:
