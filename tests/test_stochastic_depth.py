@@ -81,3 +81,45 @@ def test_the_trainer_student_uses_it() -> None:
     student, _, _ = build_student_teacher(cfg)
     assert all(type(b) is KeptSamplesBlock for b in student.backbone.blocks)
     assert student.backbone.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("drop_path,fused", [(0.5, True), (0.0, True), (0.3, False)])
+def test_first_token_path_is_the_block_at_token_zero(drop_path: float, fused: bool) -> None:
+    # float64: the two paths' products have other shapes, so in float32 they differ by rounding.
+    _, block = _pair(drop_path, 1e-1)
+    block = block.double()
+    block.attn.fused_attn = fused
+    x = torch.randn(16, 7, 24, dtype=torch.float64)
+    for seed in range(4):
+        torch.manual_seed(seed)
+        x_full = x.clone().requires_grad_()
+        expected = block(x_full)[:, :1]
+        expected_state = torch.random.get_rng_state()
+        expected_grads = torch.autograd.grad(expected.square().sum(), [x_full, *block.parameters()])
+        torch.manual_seed(seed)
+        x_first = x.clone().requires_grad_()
+        got = block(x_first, first_token_only=True)
+        assert torch.equal(torch.random.get_rng_state(), expected_state)
+        grads = torch.autograd.grad(got.square().sum(), [x_first, *block.parameters()])
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+        for g, e in zip(grads, expected_grads, strict=True):
+            torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("arch", [
+    "vit_tiny",
+    '{"patch_size": 8, "embed_dim": 48, "depth": 3, "num_heads": 3, "img_size": 32, '
+    '"num_register_tokens": 4}',
+])
+def test_training_forward_is_the_cls_token(arch: str) -> None:
+    cfg = resolve_config(overrides=[f"model.arch={arch}", "model.patch_size=8", "model.drop_path_rate=0.2",
+                                    "head.out_dim=64", "run.device=cpu"])
+    student, _, _ = build_student_teacher(cfg)
+    backbone = student.backbone.double()
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    torch.manual_seed(1)
+    fast = backbone(x)  # train mode: the last block on the CLS row only
+    torch.manual_seed(1)
+    torch.testing.assert_close(fast, backbone.forward_tokens(x).cls, rtol=1e-12, atol=1e-12)
+    backbone.eval()
+    assert torch.equal(backbone(x), backbone.forward_tokens(x).cls)  # eval: the same call, bit for bit

@@ -51,3 +51,30 @@ def block_with_cls_attention(block: nn.Module, x: torch.Tensor) -> tuple[torch.T
     x = x + blk.drop_path1(blk.ls1(out))
     x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
     return x, cls_attention
+
+
+def first_query_attention(attn: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """timm ``Attention``'s output at the first token only, (B, 1, D): every token is a key and a value,
+    but only token 0 is a query, and the projection runs on one row per image.
+
+    The same function as ``attn(y)[:, :1]`` (up to rounding in the products of other shapes); what a
+    last block computes when only the CLS token is read after it.
+    """
+    a: Any = attn
+    if getattr(a, "gate", None) is not None:
+        raise NotImplementedError("gated attention is not supported by first_query_attention")
+    batch, n_tokens, _ = y.shape
+    dim, heads, head_dim = a.attn_dim, a.num_heads, a.head_dim
+    weight, bias = a.qkv.weight, a.qkv.bias
+    q = F.linear(y[:, :1], weight[:dim], None if bias is None else bias[:dim])
+    kv = F.linear(y, weight[dim:], None if bias is None else bias[dim:])
+    q = q.reshape(batch, 1, heads, head_dim).transpose(1, 2)
+    k, v = kv.reshape(batch, n_tokens, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = a.q_norm(q), a.k_norm(k)
+    if a.fused_attn:
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=a.attn_drop.p if a.training else 0.0)
+    else:
+        out = a.attn_drop(((q * a.scale) @ k.transpose(-2, -1)).softmax(dim=-1)) @ v
+    out = out.transpose(1, 2).reshape(batch, 1, dim)
+    result: torch.Tensor = a.proj_drop(a.proj(a.norm(out)))
+    return result

@@ -172,5 +172,16 @@ class DinoVisionTransformer(VisionTransformer):
                            [grid] * len(intermediates))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        """CLS token after the final norm, (B, D)."""
-        return self.forward_tokens(x).cls
+        """CLS token after the final norm, (B, D).
+
+        In training mode (DINO's student and teacher read only this) the last block runs on the CLS
+        row only (``first_token_only=True``, :class:`KeptSamplesBlock`); in eval mode it is
+        ``forward_tokens(x).cls`` bit for bit.
+        """
+        if not self.training:
+            return self.forward_tokens(x).cls
+        x, _ = self.embed_tokens(x)
+        for block in self.blocks[:-1]:
+            x = block(x)
+        cls: torch.Tensor = self.norm(self.blocks[-1](x, first_token_only=True))[:, 0]
+        return cls
