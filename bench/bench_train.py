@@ -122,6 +122,9 @@ def side_by_side(rounds: int, iters: int) -> dict[str, Any]:
         "official_peak_rss_MiB": [r["peak_rss_MiB"] for r in official],
         "dinofeat_peak_rss_main_MiB": [r["peak_rss_main_MiB"] for r in ours],
         "ratio_of_median_images_per_s": round(ours_ips / official_ips, 3),
+        # Each round's two runs are minutes apart; the machine's speed drifts more between rounds.
+        "median_of_per_round_ratios": round(statistics.median(
+            b["images_per_s"] / a["official_images_per_s"] for a, b in zip(official, ours, strict=True)), 3),
         # The same trainer without its loader worker running: the most that a free data path could give.
         "dinofeat_prefetched_images_per_s": [r["images_per_s"] for r in prefetched],
         "ratio_prefetched_to_official": round(

@@ -9,14 +9,16 @@ import pytest
 import torch
 from dinofeat.training import hue
 from dinofeat.training.augment import ColorJitter, MultiCropAugmentation, normalize_crops, pil_to_uint8
+from dinofeat.training.config import resolve_config
 from dinofeat.training.data import ImageDataset, collate_crops
+from dinofeat.training.trainer import Trainer
 from PIL import Image
 from torchvision import transforms
 from torchvision.transforms import functional as TF
 
 from dinofeat.config import IMAGENET_MEAN, IMAGENET_STD
 from dinofeat.inputs import list_image_files
-from tests.training.helpers import make_image_folder
+from tests.training.helpers import TINY_TRAIN_OVERRIDES, make_image_folder
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +101,20 @@ def test_uint8_crops_from_the_dataset_equal_the_float_pipeline(tmp_path: Path, t
     got, _ = collate_crops([as_uint8[key] for key in keys])
     assert all(crop.dtype == torch.uint8 for crop in got)
     assert all(torch.equal(a, b) for a, b in zip(normalize_crops(got), expected, strict=True))
+
+
+def test_a_training_run_builds_the_tables_up_front_when_it_will_use_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[int] = []
+    monkeypatch.setattr(hue, "build_tables", lambda: built.append(1))
+    data = make_image_folder(tmp_path / "data", n=8)
+
+    def trainer(name: str) -> None:
+        Trainer(resolve_config(overrides=[*TINY_TRAIN_OVERRIDES, f"data.path={data}",
+                                          f"run.output_dir={tmp_path / name}"]))
+
+    trainer("short")  # 2 epochs x 2 iterations x 4 images x (2 x 32^2 + 2 x 16^2) pixels: not worth it
+    assert not built
+    monkeypatch.setattr(hue, "BUILD_AFTER_PIXELS", 10_000)
+    trainer("long")
+    assert built == [1]
