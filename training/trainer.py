@@ -77,6 +77,9 @@ def build_dataset(cfg: TrainConfig) -> ImageDataset:
         # uint8 from the workers: the training process normalises whole batches (normalize_crops).
         augmentation = MultiCropAugmentation(c.global_size, c.local_size, c.global_scale, c.local_scale,
                                              c.local_crops_number, as_uint8=True)
+        # A run long enough to repay the hue tables builds them now, before its workers fork: they share them.
+        hue.expect_pixels(cfg.run.epochs * len(paths)
+                          * (2 * c.global_size ** 2 + c.local_crops_number * c.local_size ** 2))
     return ImageDataset(paths, augmentation, seed=cfg.run.seed, cache_size=d.cache_size)
 
 
@@ -144,11 +147,6 @@ class Trainer:
                 f"per process "
                 f"({self.dist.world_size} processes); lower optim.batch_size_per_gpu"
             )
-        if cfg.data.augmentation != "device" and cfg.data.channels is None:
-            c = cfg.crops
-            pixels_per_sample = 2 * c.global_size ** 2 + c.local_crops_number * c.local_size ** 2
-            hue.expect_pixels(cfg.run.epochs * self.iters_per_epoch * cfg.optim.batch_size_per_gpu
-                              * pixels_per_sample)
         student, self.teacher, self.arch = build_student_teacher(cfg)
         device = self.dist.device
         student, self.teacher = student.to(device), self.teacher.to(device)
