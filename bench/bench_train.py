@@ -9,6 +9,7 @@ Usage:
     python bench/bench_train.py --iters 10
     python bench/bench_train.py --iters 10 --prefetched
     python bench/bench_train.py --iters 10 --side-by-side 3
+    python bench/bench_train.py --iters 40 --images DIR --set run.device=cuda ...   (another config)
 The first prints images/s (median over iterations after the first) and peak RSS, plus the ceiling that the
 machine's own matrix-multiply speed puts on this config: the arithmetic of one iteration (counted by torch's
 FlopCounterMode, attention included) divided by the best sgemm rate measured in the same process.
@@ -141,6 +142,8 @@ def main() -> int:
     parser.add_argument("--no-ceiling", action="store_true", help="skip the FLOP count and sgemm ceiling")
     parser.add_argument("--prefetched", action="store_true",
                         help="make the batches before timing (what the step costs without the data path)")
+    parser.add_argument("--images", type=Path, metavar="DIR",
+                        help="train on this image folder instead of the 512 generated JPEGs")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override on top of the fixed config (for A/B runs)")
     args = parser.parse_args()
@@ -148,8 +151,9 @@ def main() -> int:
         print(json.dumps(side_by_side(args.side_by_side, args.iters), indent=2))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        images, out = Path(tmp) / "images", Path(tmp) / "run"
-        make_images(images)
+        images, out = args.images or Path(tmp) / "images", Path(tmp) / "run"
+        if args.images is None:
+            make_images(images)
         cfg = resolve_config(overrides=[
             *CONFIG, f"run.max_iters_per_epoch={args.iters}", "run.log_every=1",
             f"data.path={images}", f"run.output_dir={out}", "run.saveckp_freq=0", *args.set,

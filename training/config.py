@@ -199,6 +199,23 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data.cache_size": 110, "data.num_workers": 1, "run.epochs": 12, "run.precision": "fp32",
         "run.saveckp_freq": 2, "run.log_every": 20,
     },
+    # The candidate for the bundled model on one GPU (bench/gpu_session.py): ViT-T/8, 12 blocks, on a
+    # 128-px copy of Imagenette (bench/make_small_imagenette.py), fp16-exported it stays under 12 MiB. The
+    # last head layer stays frozen for the whole run, as in imagenette_tiny (the driver sets
+    # optim.freeze_last_layer to run.epochs).
+    "imagenette_gpu": {
+        "model.arch": {"patch_size": 8, "embed_dim": 192, "depth": 12, "num_heads": 3, "img_size": 112},
+        "model.drop_path_rate": 0.1,
+        "head.out_dim": 4096, "head.hidden_dim": 2048, "head.bottleneck_dim": 256,
+        "head.norm_last_layer": True,
+        "loss.teacher_temp": 0.04, "loss.warmup_teacher_temp_epochs": 0,
+        "optim.momentum_teacher": 0.99, "optim.lr": 0.001, "optim.batch_size_per_gpu": 128,
+        "optim.warmup_epochs": 10, "optim.clip_grad": 3.0, "optim.freeze_last_layer": 100,
+        "crops.global_size": 112, "crops.local_size": 48, "crops.local_crops_number": 8,
+        "crops.global_scale": (0.25, 1.0), "crops.local_scale": (0.05, 0.25),
+        "data.num_workers": 14, "run.epochs": 100, "run.precision": "bf16", "run.saveckp_freq": 0,
+        "run.log_every": 20,
+    },
 }
 
 
