@@ -131,9 +131,12 @@ def environment(session: Session) -> None:
                             "cpus": os.cpu_count(), "python": sys.version.split()[0]}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,clocks.max.sm", "--format=csv"],
-                             capture_output=True, text=True, check=False)
-        info["nvidia_smi"] = smi.stdout.strip()
+        try:
+            smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,clocks.max.sm",
+                                  "--format=csv"], capture_output=True, text=True, check=False)
+            info["nvidia_smi"] = smi.stdout.strip()
+        except OSError as error:
+            info["nvidia_smi"] = str(error)
     session.record("environment", info)
 
 
@@ -182,18 +185,22 @@ def _generated_image(path: Path) -> None:
 
 def step_throughput(session: Session) -> None:
     overrides = REHEARSAL_STEP_BENCH if session.rehearse else STEP_BENCH
-    # Enough batches that 14 workers reach their steady rate (they start with 2 batches each prefetched).
-    iters, batch = (8, 8) if session.rehearse else (40, 64)
+    # With workers, enough batches that 14 of them reach their steady rate (each starts with 2 batches
+    # prefetched); alone, the batches are made in the benchmark's process first, one core, so fewer.
+    iters = {"pil_workers": 40, "device_augmentation": 40, "step_alone": 12}
+    if session.rehearse:
+        iters = dict.fromkeys(iters, 8)
+    batch = resolve_config(overrides=overrides).optim.batch_size_per_gpu
     images = session.scratch / "step_images"
     images.mkdir()
     with multiprocessing.Pool() as pool:
-        pool.map(_generated_image, [images / f"{i:05d}.jpg" for i in range(iters * batch)])
+        pool.map(_generated_image, [images / f"{i:05d}.jpg" for i in range(max(iters.values()) * batch)])
     variants = {"pil_workers": [], "device_augmentation": ["--set", "data.augmentation=device"],
                 "step_alone": ["--prefetched"]}
     figures = {}
     for position, (name, extra) in enumerate(variants.items()):
         share = session.left() / (len(variants) - position)
-        command = [sys.executable, str(ROOT / "bench" / "bench_train.py"), "--iters", str(iters),
+        command = [sys.executable, str(ROOT / "bench" / "bench_train.py"), "--iters", str(iters[name]),
                    "--no-ceiling", "--images", str(images), *extra]
         for item in overrides:
             command += ["--set", item]
@@ -243,6 +250,8 @@ def train_candidate(session: Session, data: Path, reserve_s: float) -> None:
                "--set", f"optim.freeze_last_layer={epochs}", "--set", f"data.augmentation={mode}"]
     start = time.monotonic()
     session.run("candidate_train", command, timeout=left() - EXPORT_RESERVE_S, graceful=True)
+    if not (run_dir / "checkpoint.pth").is_file():
+        return  # candidate_train_failed holds its log's tail
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     summaries = [r["epoch_summary"] for r in records if "epoch_summary" in r]
     session.record("candidate_training", {
