@@ -59,12 +59,12 @@ STEP_BENCH = ["model.arch=vit_small", "optim.batch_size_per_gpu=64", "crops.loca
 # The rehearsal: the same stages on a CPU with networks and crops small enough for seconds per stage.
 TINY_ARCH = '{"patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 2, "img_size": 32}'
 REHEARSAL_STEP_BENCH = [f"model.arch={TINY_ARCH}", "optim.batch_size_per_gpu=8", "crops.global_size=32",
-                        "crops.local_size=16", "head.out_dim=256", "run.precision=fp32", "run.device=cpu",
+                        "crops.local_size=16", "head.out_dim=256", "run.precision=bf16", "run.device=cpu",
                         "data.num_workers=1"]
 REHEARSAL_TRAIN = [f"model.arch={TINY_ARCH}", "optim.batch_size_per_gpu=16", "crops.global_size=32",
                    "crops.local_size=16", "crops.local_crops_number=2", "head.out_dim=256",
-                   "head.hidden_dim=64", "head.bottleneck_dim=32", "run.precision=fp32", "run.device=cpu",
-                   "data.num_workers=1", "optim.warmup_epochs=1"]
+                   "head.hidden_dim=64", "head.bottleneck_dim=32", "run.precision=bf16", "run.device=cpu",
+                   "data.num_workers=1"]
 
 
 class Session:
@@ -232,22 +232,28 @@ def train_candidate(session: Session, data: Path, reserve_s: float) -> None:
         run_dir = session.scratch / f"calibrate_{mode}"
         command = [sys.executable, *base, "--output-dir", str(run_dir), "--set", "run.epochs=1",
                    "--set", f"run.max_iters_per_epoch={CALIBRATION_ITERS}",
-                   "--set", f"data.augmentation={mode}", "--set", "run.resume=null"]
+                   "--set", f"data.augmentation={mode}", "--set", "run.resume=null",
+                   "--set", "optim.warmup_epochs=0"]  # a warm-up may not outlast the run
         if session.run(f"calibrate_{mode}", command, timeout=min(90, left() / 4)) is not None:
             calibration[mode] = _iteration_seconds(run_dir)
     if not calibration:
         return
     mode = min(calibration, key=calibration.__getitem__)
-    batch = resolve_config(preset=PRESET, overrides=overrides).optim.batch_size_per_gpu
+    preset = resolve_config(preset=PRESET, overrides=overrides)
+    batch = preset.optim.batch_size_per_gpu
     iters_per_epoch = len(list_image_files(data)) // batch
     epoch_s = iters_per_epoch * calibration[mode] * 1.1 + 1.0  # + loader turn-over, checkpoint (0.2 s)
     epochs = max(1, int((left() - EXPORT_RESERVE_S - 15) / epoch_s))  # 15 s: start-up
+    # The preset's warm-up is a tenth of its 100 epochs; a shorter run keeps that share.
+    warmup = min(preset.optim.warmup_epochs, epochs // 10)
     session.record("candidate_plan", {"iteration_s": calibration, "augmentation": mode,
                                       "iters_per_epoch": iters_per_epoch,
-                                      "estimated_epoch_s": round(epoch_s, 2), "epochs": epochs})
+                                      "estimated_epoch_s": round(epoch_s, 2), "epochs": epochs,
+                                      "warmup_epochs": warmup})
     run_dir = session.scratch / "candidate"
     command = [sys.executable, *base, "--output-dir", str(run_dir), "--set", f"run.epochs={epochs}",
-               "--set", f"optim.freeze_last_layer={epochs}", "--set", f"data.augmentation={mode}"]
+               "--set", f"optim.freeze_last_layer={epochs}", "--set", f"optim.warmup_epochs={warmup}",
+               "--set", f"data.augmentation={mode}"]
     start = time.monotonic()
     session.run("candidate_train", command, timeout=left() - EXPORT_RESERVE_S, graceful=True)
     if not (run_dir / "checkpoint.pth").is_file():
