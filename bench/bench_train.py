@@ -40,6 +40,7 @@ import torch
 from dinofeat.training import hue
 from dinofeat.training.config import TrainConfig, resolve_config
 from dinofeat.training.data import collate_crops
+from dinofeat.training.metrics import read_metrics
 from dinofeat.training.step import DinoStep, Schedules, build_student_teacher
 from dinofeat.training.trainer import Trainer
 from PIL import Image
@@ -170,7 +171,7 @@ def main() -> int:
         start = time.perf_counter()
         trainer.train_one_epoch(0)
         wall = time.perf_counter() - start
-        records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        records = read_metrics(out)
         times = [r["iter_time"] for r in records if "iter_time" in r][1:]
         data_times = [r["data_time"] for r in records if "data_time" in r][1:]
         del trainer  # stop the loader's worker before its images are deleted

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 from dinofeat.training.config import resolve_config
+from dinofeat.training.metrics import read_metrics
 from PIL import Image
 
 from dinofeat.inputs import list_image_files
@@ -58,13 +59,11 @@ STEP_BENCH = ["model.arch=vit_small", "optim.batch_size_per_gpu=64", "crops.loca
               "head.out_dim=65536", "run.precision=bf16", "run.device=cuda", "data.num_workers=14"]
 # The rehearsal: the same stages on a CPU with networks and crops small enough for seconds per stage.
 TINY_ARCH = '{"patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 2, "img_size": 32}'
-REHEARSAL_STEP_BENCH = [f"model.arch={TINY_ARCH}", "optim.batch_size_per_gpu=8", "crops.global_size=32",
-                        "crops.local_size=16", "head.out_dim=256", "run.precision=bf16", "run.device=cpu",
-                        "data.num_workers=1"]
-REHEARSAL_TRAIN = [f"model.arch={TINY_ARCH}", "optim.batch_size_per_gpu=16", "crops.global_size=32",
-                   "crops.local_size=16", "crops.local_crops_number=2", "head.out_dim=256",
-                   "head.hidden_dim=64", "head.bottleneck_dim=32", "run.precision=bf16", "run.device=cpu",
-                   "data.num_workers=1"]
+TINY_RUN = [f"model.arch={TINY_ARCH}", "crops.global_size=32", "crops.local_size=16", "head.out_dim=256",
+            "run.precision=bf16", "run.device=cpu", "data.num_workers=1"]
+REHEARSAL_STEP_BENCH = [*TINY_RUN, "optim.batch_size_per_gpu=8"]
+REHEARSAL_TRAIN = [*TINY_RUN, "optim.batch_size_per_gpu=16", "crops.local_crops_number=2",
+                   "head.hidden_dim=64", "head.bottleneck_dim=32"]
 
 
 class Session:
@@ -214,8 +213,8 @@ def step_throughput(session: Session) -> None:
 
 
 def _iteration_seconds(output_dir: Path) -> float:
-    records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
-    times = sorted(r["iter_time"] for r in records if "iter_time" in r)[2:]  # the first ones warm up
+    # The first iterations warm up.
+    times = sorted(r["iter_time"] for r in read_metrics(output_dir) if "iter_time" in r)[2:]
     return float(times[len(times) // 2])
 
 
@@ -258,7 +257,7 @@ def train_candidate(session: Session, data: Path, reserve_s: float) -> None:
     session.run("candidate_train", command, timeout=left() - EXPORT_RESERVE_S, graceful=True)
     if not (run_dir / "checkpoint.pth").is_file():
         return  # candidate_train_failed holds its log's tail
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run_dir)
     summaries = [r["epoch_summary"] for r in records if "epoch_summary" in r]
     session.record("candidate_training", {
         "seconds": round(time.monotonic() - start, 1), "epochs_done": len(summaries),

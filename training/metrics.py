@@ -48,3 +48,9 @@ class MetricsWriter:
             record["lr"], record["wd"], record["momentum"], record["teacher_temp"], record["images_per_s"],
             record["data_time"], guard,
         )
+
+
+def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
+    """The records :class:`MetricsWriter` appended to ``<output_dir>/metrics.jsonl``, in order."""
+    lines = (Path(output_dir) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
