@@ -6,6 +6,6 @@ Each entry point is ``(pretrained=True, **kwargs)`` and returns a dinofeat Featu
 
 dependencies = ["torch", "torchvision", "timm", "huggingface_hub", "safetensors", "PIL", "numpy", "tqdm"]
 
-from dinofeat.hub_entrypoints import ENTRYPOINTS as _ENTRYPOINTS  # noqa: E402
+from dinofeat.hub.entrypoints import ENTRYPOINTS as _ENTRYPOINTS  # noqa: E402
 
 globals().update(_ENTRYPOINTS)

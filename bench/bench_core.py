@@ -20,8 +20,8 @@ import torch
 from timing import interleaved_medians
 
 import dinofeat
-from dinofeat.inputs import list_image_files, open_image
-from dinofeat.preprocess import preprocess_pil
+from dinofeat.data.files import list_image_files, open_image
+from dinofeat.data.preprocess import preprocess_pil
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
 

@@ -19,7 +19,7 @@ import torch
 from timing import interleaved_medians
 
 import dinofeat
-from dinofeat.models.rope import released_periods
+from dinofeat.models.dinov3.rope import released_periods
 
 
 def _timm_copy(model: dinofeat.FeatureExtractor) -> torch.nn.Module:

@@ -45,8 +45,8 @@ def _data(num_db: int, num_queries: int, dim: int) -> tuple[torch.Tensor, torch.
 
 def _child(method: str, num_db: int, dim: int) -> None:
     from dinofeat.evaluation.copy_detection import copy_detection_search
-    from dinofeat.evaluation.neighbors import build_index, search
     from dinofeat.evaluation.retrieval import retrieval_ranks
+    from dinofeat.search.neighbors import build_index, search
 
     queries_wanted = RETRIEVAL_QUERIES if method.startswith("retrieval") else COPY_QUERIES
     db, queries = _data(num_db, queries_wanted, dim)

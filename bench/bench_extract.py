@@ -1,6 +1,7 @@
 """Whole-extraction throughput (decode, preprocess, forward, write Parquet shards) vs the bare forward.
 
-Generates a folder of small JPEGs (or reuses --folder), then runs ``dinofeat.extraction`` on it with
+Generates a folder of small JPEGs (or reuses --folder), then runs the shard extraction
+(``dinofeat.features.stores.shards``) on it with
 several numbers of DataLoader workers (the default, ``default_num_workers()``, among them), each in a
 fresh output folder, and times the bare forward pass of the same model on already-preprocessed
 batches of the same size. The gap between the two is the data-loading and writing overhead. The
@@ -25,10 +26,10 @@ import torch
 from PIL import Image
 
 import dinofeat
-from dinofeat.evaluation.features import default_num_workers
-from dinofeat.extraction import ExtractionSettings, extract_to_shards, read_shards
+from dinofeat.data.collections import plan_units
+from dinofeat.features.loop import default_num_workers
+from dinofeat.features.stores.shards import ExtractionSettings, extract_to_shards, read_shards
 from dinofeat.registry import BUNDLED_MODEL
-from dinofeat.sources import plan_units
 
 
 def make_jpegs(folder: Path, count: int, side: int = 128) -> None:

@@ -44,7 +44,7 @@ def _torch_topk(train: torch.Tensor, test: torch.Tensor, k: int, chunk: int = 10
 
 def _child(method: str, n_train: int, n_test: int, dim: int, k: int) -> None:
     from dinofeat.evaluation.knn import knn_classify
-    from dinofeat.evaluation.neighbors import build_index, search
+    from dinofeat.search.neighbors import build_index, search
 
     train, train_labels, test, test_labels = _data(n_train, n_test, dim)
     start = time.perf_counter()

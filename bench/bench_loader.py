@@ -25,20 +25,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from dinofeat.training import hue
-from dinofeat.training.augment import (
+from PIL import Image
+from torchvision import transforms
+
+from dinofeat.config.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from dinofeat.data.files import list_image_files
+from dinofeat.training.data import hue
+from dinofeat.training.data.augment import (
     MultiCropAugmentation,
     RandomGaussianBlur,
     RandomSolarize,
     normalize_crops,
 )
-from dinofeat.training.data import collate_crops, load_rgb, sample_seed
-from dinofeat.training.device_augment import DeviceMultiCrop, MultiCropParams, PendingCrops, crop_kinds
-from PIL import Image
-from torchvision import transforms
-
-from dinofeat.config import IMAGENET_MEAN, IMAGENET_STD
-from dinofeat.inputs import list_image_files
+from dinofeat.training.data.device_augment import DeviceMultiCrop, MultiCropParams, PendingCrops, crop_kinds
+from dinofeat.training.data.images import collate_crops, load_rgb, sample_seed
 
 IMAGENETTE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette2" / "train"
 GLOBAL, LOCAL, N_LOCAL = 224, 96, 10

@@ -15,11 +15,11 @@ import time
 
 import torch
 from bench_train import CONFIG
-from dinofeat.training.config import resolve_config
-from dinofeat.training.step import DinoStep, Schedules, build_student_teacher
 from timm.models.vision_transformer import Block
 
 from dinofeat.models.stochastic_depth import KeptSamplesBlock
+from dinofeat.training.config.train_config import resolve_config
+from dinofeat.training.engine.step import DinoStep, Schedules, build_student_teacher
 
 
 def main() -> None:

@@ -37,15 +37,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from dinofeat.training import hue
-from dinofeat.training.config import TrainConfig, resolve_config
-from dinofeat.training.data import collate_crops
-from dinofeat.training.metrics import read_metrics
-from dinofeat.training.step import DinoStep, Schedules, build_student_teacher
-from dinofeat.training.trainer import Trainer
 from PIL import Image
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
+
+from dinofeat.training.config.train_config import TrainConfig, resolve_config
+from dinofeat.training.data import hue
+from dinofeat.training.data.images import collate_crops
+from dinofeat.training.engine.metrics import read_metrics
+from dinofeat.training.engine.step import DinoStep, Schedules, build_student_teacher
+from dinofeat.training.engine.trainer import Trainer
 
 OFFICIAL_RUNNER = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official-dino" / \
     "bench_official_train.py"

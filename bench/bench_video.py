@@ -23,10 +23,11 @@ import torch
 from timing import interleaved_medians
 
 from dinofeat.cli import main
-from dinofeat.loading import load
-from dinofeat.preprocess import to_normalized_tensor
+from dinofeat.data.preprocess import to_normalized_tensor
+from dinofeat.data.video import iter_frames
+from dinofeat.hub.loading import load
 from dinofeat.registry import BUNDLED_MODEL
-from dinofeat.video import VideoWriter, iter_frames, output_codec
+from dinofeat.viz.video_writer import VideoWriter, output_codec
 
 
 def _clip(path: Path, frames: int, side: int) -> Path:

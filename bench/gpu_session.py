@@ -1,26 +1,26 @@
-"""The one prepared command for a lent GPU machine: the bundled-model candidate, then GPU throughput.
+"""One command for a GPU machine with a short time budget: the bundled-model candidate, then GPU throughput.
 
-A session is lent 15 minutes of device time, at most 10 per command, so everything runs from one
-command under a deadline (``--budget-s``), each stage in its own subprocess with its own timeout, and
-``results.json`` in ``--out`` is rewritten after every stage (what finished survives a later failure):
+Everything runs from one command under a deadline (``--budget-s``), each stage in its own subprocess
+with its own timeout, and ``results.json`` in ``--out`` is rewritten after every stage (what finished
+survives a later failure):
 
 1. environment: torch, the GPU, ``nvidia-smi``;
-2. the bundled-model candidate (preset ``imagenette_gpu``, ``dinofeat-train``) on the carried
-   downscaled Imagenette, in the time left minus what stages 3 and 4 keep back: 20 calibration
+2. the bundled-model candidate (preset ``imagenette_gpu``, ``dinofeat-train``) on the downscaled
+   Imagenette copied beside the checkout, in the time left minus what stages 3 and 4 keep back: 20 calibration
    iterations with each data path pick the faster one and the number of epochs that fits; should that
    be too many, the run gets SIGTERM at its deadline (it then stops with a checkpoint); the teacher is
    exported with ``--half`` into ``--out/model``;
 3. ``embed()`` throughput of a ViT-S/16 (random weights) on device-resident 224-px batches, fp32 and
    bf16;
-4. the full training step of ViT-S/16 at 224 with 2 + 10 crops in bf16 (issue 18's figure) through
+4. the full training step of ViT-S/16 at 224 with 2 + 10 crops in bf16 through
    ``bench/bench_train.py`` on generated 500x375 JPEGs: the PIL path with 14 loader workers, the device
    data path, and the step alone (``--prefetched``).
 
 The 20-NN of the exported model is measured afterwards on this machine, where faiss and the full-size
-validation split are (docs/training.md, "The bundled model on a GPU").
+validation split are (docs/training.md, "Training the bundled model on a GPU").
 
 Usage, on the GPU machine (from the repository root, the checkout installed without its dependencies as
-docs/training.md shows; the device tool's ``$OUT`` comes back):
+docs/training.md shows; ``$OUT`` is the folder whose files come back):
     python3 bench/gpu_session.py --data .gpu/imagenette_train_128 --out "$OUT" --budget-s 540
 Rehearsal on a CPU (tiny networks and sizes, the same stages and code paths):
     python bench/gpu_session.py --data .gpu/imagenette_train_128 --out /tmp/out --rehearse --budget-s 240
@@ -42,11 +42,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from dinofeat.training.config import resolve_config
-from dinofeat.training.metrics import read_metrics
 from PIL import Image
 
-from dinofeat.inputs import list_image_files
+from dinofeat.data.files import list_image_files
+from dinofeat.training.config.train_config import resolve_config
+from dinofeat.training.engine.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = "imagenette_gpu"
@@ -54,7 +54,7 @@ CALIBRATION_ITERS = 20
 EXPORT_RESERVE_S = 45  # SIGTERM -> checkpoint -> exit, then the export
 # Seconds kept back for the throughput stages while the candidate trains (by rehearsal or not).
 THROUGHPUT_S = {False: {"embed": 40, "step": 140}, True: {"embed": 15, "step": 40}}
-# ViT-S/16, the official per-GPU batch, 2 x 224 + 10 x 96 crops, bf16 (issue 18's GPU figure).
+# ViT-S/16, the official per-GPU batch, 2 x 224 + 10 x 96 crops, bf16.
 STEP_BENCH = ["model.arch=vit_small", "optim.batch_size_per_gpu=64", "crops.local_crops_number=10",
               "head.out_dim=65536", "run.precision=bf16", "run.device=cuda", "data.num_workers=14"]
 # The rehearsal: the same stages on a CPU with networks and crops small enough for seconds per stage.

@@ -1,6 +1,6 @@
 """A downscaled copy of an image folder (Imagenette's train split by default), to carry to a GPU machine.
 
-Only the checkout travels to the lent GPU machine (64 MiB in all), not ``../shared``; Imagenette's
+For a GPU machine that receives only the checkout (64 MiB in all), not ``../shared``. Imagenette's
 224-px train split is 114 MB, at 128 px and JPEG quality 80 45 MB. Every image is resized with PIL
 (bicubic, antialiased) so that its shorter side is ``--size`` px and written as a JPEG under ``--out``,
 keeping the class folders. The default output folder, ``.gpu/``, is ignored by git.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from dinofeat.inputs import list_image_files
+from dinofeat.data.files import list_image_files
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGENETTE_TRAIN = ROOT.parent / "shared" / "data" / "imagenette2" / "train"

@@ -7,21 +7,25 @@ Example:
     384
 """
 
-from dinofeat.config import DinoV3Config, HubSource, ModelSpec, PreprocessConfig, ResNetConfig, ViTConfig
-from dinofeat.errors import (
+from dinofeat.config.preprocess import PreprocessConfig
+from dinofeat.export.onnx import export_onnx
+from dinofeat.features.extractor import FeatureExtractor
+from dinofeat.features.masks import attention_masks
+from dinofeat.hub.loading import load
+from dinofeat.models.dinov3.config import DinoV3Config
+from dinofeat.models.resnet.config import ResNetConfig
+from dinofeat.models.vit.config import ViTConfig
+from dinofeat.registry import HubSource, ModelSpec, get_spec, list_models
+from dinofeat.utils.errors import (
     DinofeatError,
     GatedModelError,
     HubUploadError,
     ImageReadError,
+    MissingExtraError,
     OfflineModelError,
     SetupError,
     WeightsMismatchError,
 )
-from dinofeat.extractor import FeatureExtractor
-from dinofeat.loading import load
-from dinofeat.masks import attention_masks
-from dinofeat.onnx_export import export_onnx
-from dinofeat.registry import get_spec, list_models
 
 __version__ = "0.1.0"
 
@@ -33,6 +37,7 @@ __all__ = [
     "HubSource",
     "HubUploadError",
     "ImageReadError",
+    "MissingExtraError",
     "ModelSpec",
     "OfflineModelError",
     "PreprocessConfig",

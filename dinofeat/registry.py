@@ -1,7 +1,7 @@
 """The model zoo: one table of data, the single source of truth for every model name.
 
 ``load()``, ``hubconf.py``, the CLI, the docs model table and the tests all read
-:data:`ZOO`. Adding a model means adding one :class:`~dinofeat.config.ModelSpec` here.
+:data:`ZOO`. Adding a model means adding one :class:`~dinofeat.registry.ModelSpec` here.
 
 Example:
     >>> import dinofeat
@@ -14,23 +14,69 @@ Example:
 from __future__ import annotations
 
 import difflib
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-from dinofeat.config import (
-    ARCH_FAMILIES,
-    DinoV3Config,
-    DinoV3ConvNeXtConfig,
-    HubSource,
-    ModelSpec,
-    PreprocessConfig,
-    ResNetConfig,
-    ViTConfig,
-)
+from dinofeat.config.preprocess import PreprocessConfig
+from dinofeat.models import FAMILIES, ArchConfig
+from dinofeat.models.dinov3.config import DinoV3Config
+from dinofeat.models.dinov3_convnext.config import DinoV3ConvNeXtConfig
+from dinofeat.models.resnet.config import ResNetConfig
+from dinofeat.models.vit.config import ViTConfig
 
 _DINO_URL = "https://dl.fbaipublicfiles.com/dino"
 _DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2"
 _DINOV2_PAPER = "arXiv:2304.07193"
 _REGISTERS_PAPER = "arXiv:2309.16588"
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """Where a zoo model's weights live.
+
+    Attributes:
+        repo_id: Hugging Face Hub repository, e.g. ``"timm/vit_small_patch16_224.dino"``.
+        filename: File inside the repository.
+        revision: Git revision to download (a commit hash pins it).
+        layout: Key layout of the file: ``"timm"`` (timm / official DINO keys), ``"dinov2"``
+            (official DINOv2 keys), ``"transformers"`` (HF transformers ViTModel / Dinov2Model),
+            or ``"dinofeat"`` (this library's Hub format: config.json + model.safetensors).
+        url: The official download URL, recorded for provenance.
+        package_path: For a model bundled in the wheel: the folder inside the package.
+    """
+
+    repo_id: str | None = None
+    filename: str = "model.safetensors"
+    revision: str = "main"
+    layout: Literal["timm", "dinov2", "transformers", "dinofeat"] = "timm"
+    url: str | None = None
+    package_path: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One entry of the model zoo: architecture, weights source, preprocessing and published figures."""
+
+    name: str
+    arch: ArchConfig
+    source: HubSource
+    description: str
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    license: str = "apache-2.0"
+    paper: str = "arXiv:2104.14294"
+    knn_top1: float | None = None
+    linear_top1: float | None = None
+    params_millions: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.arch.embed_dim
+
+    @property
+    def patch_size(self) -> int | None:
+        patch: int | None = getattr(self.arch, "patch_size", None)  # a CNN has none
+        return patch
 
 
 def _dino_vit(name: str, timm_name: str, url_stem: str, patch: int, dim: int, heads: int,
@@ -230,8 +276,6 @@ ZOO: dict[str, ModelSpec] = {spec.name: spec for spec in _ENTRIES}
 if len(ZOO) != len(_ENTRIES):
     raise RuntimeError("duplicate model names in the dinofeat registry")
 
-DEFAULT_PREPROCESS = PreprocessConfig()
-
 
 def list_models(family: str | None = None) -> list[ModelSpec]:
     """All zoo entries in table order, or those of one architecture ``family`` (``"vit"``, ``"dinov3"``, ...).
@@ -239,8 +283,8 @@ def list_models(family: str | None = None) -> list[ModelSpec]:
     Raises:
         ValueError: unknown family (the message lists the known ones).
     """
-    if family is not None and family not in ARCH_FAMILIES:
-        raise ValueError(f"unknown architecture family {family!r}; expected one of {sorted(ARCH_FAMILIES)}")
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"unknown architecture family {family!r}; expected one of {sorted(FAMILIES)}")
     return [spec for spec in ZOO.values() if family is None or spec.arch.family == family]
 
 

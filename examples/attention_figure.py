@@ -10,9 +10,9 @@ import argparse
 import numpy as np
 
 import dinofeat
-from dinofeat.figures import attention_figure, save_figure
-from dinofeat.inputs import open_image
-from dinofeat.preprocess import pil_geometry, to_normalized_tensor
+from dinofeat.data.files import open_image
+from dinofeat.data.preprocess import pil_geometry, to_normalized_tensor
+from dinofeat.viz.attention_figures import attention_figure, save_figure
 
 
 def main() -> None:

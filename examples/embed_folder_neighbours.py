@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 import dinofeat
-from dinofeat.inputs import list_image_files
+from dinofeat.data.files import list_image_files
 
 
 def main() -> None:

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 import dinofeat
-from dinofeat.bands import list_band_files
+from dinofeat.data.bands import list_band_files
 from dinofeat.evaluation.knn import knn_classify
-from dinofeat.extractor import FeatureExtractor
+from dinofeat.features.extractor import FeatureExtractor
 from dinofeat.models import build_backbone
 
 CLASSES = ("elliptical", "disk", "pair")

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 import dinofeat
-from dinofeat.evaluation.features import extract_folder
 from dinofeat.evaluation.knn import knn_classify
+from dinofeat.features.stores.feature_set import extract_folder
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenette2"
 

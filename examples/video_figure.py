@@ -17,9 +17,10 @@ import numpy as np
 from PIL import Image
 
 from dinofeat.cli import main as dinofeat_main
-from dinofeat.figures import save_figure
-from dinofeat.inputs import open_image
-from dinofeat.video import VideoWriter, iter_frames
+from dinofeat.data.files import open_image
+from dinofeat.data.video import iter_frames
+from dinofeat.viz.attention_figures import save_figure
+from dinofeat.viz.video_writer import VideoWriter
 
 FRAMES, SIDE = 48, (240, 320)
 SHOWN = (0, 16, 32, 47)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from conftest import REPO_ROOT
-
-from dinofeat.docs_table import main, models_table
 from dinofeat.registry import list_models
+from tests.helpers.common import REPO_ROOT
+from tools.docs_table import main, models_table
 
 
 def test_models_page_is_up_to_date():
-    assert main([str(REPO_ROOT / "docs" / "models.md"), "--check"]) == 0, "run: python -m dinofeat.docs_table"
+    assert main([str(REPO_ROOT / "docs" / "models.md"), "--check"]) == 0, "run: python -m tools.docs_table"
 
 
 def test_table_has_a_row_per_zoo_model(tmp_path):

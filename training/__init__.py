@@ -1,1 +1,1 @@
-"""DINO self-distillation training, installed as ``dinofeat.training``."""
+"""The self-distillation trainer (``dinofeat-train``), installed as ``dinofeat.training``."""

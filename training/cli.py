@@ -18,10 +18,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from dinofeat.training.config import PRESETS, resolve_config
-
-from dinofeat.distributed import shutdown
-from dinofeat.errors import DinofeatError
+from dinofeat.training.config.train_config import PRESETS, resolve_config
+from dinofeat.utils.distributed import shutdown
+from dinofeat.utils.errors import DinofeatError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,30 +53,42 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--arcsinh-scale", type=float, default=1.0, help="x -> asinh(x / scale)")
     stats.add_argument("-o", "--output", required=True,
                        help="JSON config to create or update (then: dinofeat-train train --config it)")
-    from dinofeat.training.distill import add_distill_parser
-
-    add_distill_parser(sub)
+    distill = sub.add_parser("distill", help="distil a frozen teacher backbone into a smaller student")
+    distill.add_argument("--teacher", required=True, help="zoo name or dinofeat model folder")
+    distill.add_argument("--student", required=True,
+                         help="vit_tiny / vit_small / vit_base (with --set model.patch_size=...), a zoo "
+                              "name, or a JSON architecture dict")
+    distill.add_argument("--preset", help="start from a training recipe (crops, optimiser, data)")
+    distill.add_argument("--config", help="YAML or JSON file of {section: {key: value}}")
+    distill.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    distill.add_argument("--data", help="shortcut for --set data.path=...")
+    distill.add_argument("--output-dir", help="shortcut for --set run.output_dir=...")
     return parser
 
 
-def _train(args: argparse.Namespace) -> int:
-    overrides = list(args.overrides)
+def _overrides(args: argparse.Namespace, *first: str) -> list[str]:
+    """``first``, then the ``--set`` overrides, then the ``--data`` / ``--output-dir`` shortcuts."""
+    overrides = [*first, *args.overrides]
     if args.data:
         overrides.append(f"data.path={json.dumps(args.data)}")
     if args.output_dir:
         overrides.append(f"run.output_dir={json.dumps(args.output_dir)}")
-    cfg = resolve_config(args.preset, args.config, overrides)
+    return overrides
+
+
+def _train(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args.preset, args.config, _overrides(args))
     if args.print_config:
         print(cfg.to_json(), end="")
         return 0
-    from dinofeat.training.trainer import Trainer
+    from dinofeat.training.engine.trainer import Trainer
 
     hook = None
     if cfg.run.eval_every:
         if not (cfg.run.eval_train and cfg.run.eval_val):
             raise ValueError("run.eval_every needs run.eval_train and run.eval_val (labelled image folders)")
-        from dinofeat.training.config import eval_preprocess
-        from dinofeat.training.monitor import knn_monitor
+        from dinofeat.training.config.train_config import eval_preprocess
+        from dinofeat.training.engine.monitor import knn_monitor
 
         hook = knn_monitor(cfg.run.eval_train, cfg.run.eval_val, eval_preprocess(cfg))
     try:
@@ -92,7 +103,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     import torch
-    from dinofeat.training.export import export_teacher
+
+    from dinofeat.training.engine.export import export_teacher
 
     evaluation = {}
     for item in args.eval:
@@ -107,15 +119,18 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _distill(args: argparse.Namespace) -> int:
-    from dinofeat.training.distill import run_distill
+    from dinofeat.training.engine.distill import Distiller
 
-    summary = run_distill(args)
+    student = args.student if not args.student.startswith("{") else json.loads(args.student)
+    overrides = _overrides(args, f"model.arch={json.dumps(student)}",
+                           f"model.distill_teacher={json.dumps(args.teacher)}")
+    summary = Distiller(resolve_config(args.preset, args.config, overrides)).fit()
     logging.getLogger("dinofeat.training").info("finished: %s", json.dumps(summary))
     return 0
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from dinofeat.training.bands import band_paths, band_statistics, write_stats_config
+    from dinofeat.training.data.band_dataset import band_paths, band_statistics, write_stats_config
 
     if args.sample < 1 or args.arcsinh_scale <= 0:
         raise ValueError("--sample must be >= 1 and --arcsinh-scale > 0")

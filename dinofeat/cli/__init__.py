@@ -7,10 +7,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from dinofeat.cli import demo, dense, evaluation, export, features, protocols
-from dinofeat.errors import ImageReadError
+from dinofeat.cli import classification, demo, dense, evaluation, export, features, search
+from dinofeat.utils.errors import ImageReadError
 
-_GROUPS = [features, evaluation, protocols, dense, export, demo]
+_GROUPS = [features, classification, search, evaluation, dense, export, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ from typing import Any
 
 from dinofeat.cli.common import DEFAULT_MODEL
 from dinofeat.dense.views import DEFAULT_DENSE_SIZE
+from dinofeat.utils.extras import require
 
 DEFAULT_PORT = 7860
 #: The sample photos of a source checkout (they are not part of the wheel).
@@ -37,12 +38,11 @@ def run_demo(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be in [0, 65535], got {args.port}")
     if args.size < 16:
         raise ValueError(f"--size must be at least 16 pixels, got {args.size}")
-    try:
-        from dinofeat.demo import DemoServer, DemoSettings, create_app
-        from dinofeat.demo.server import bind
-    except ImportError as error:
-        raise RuntimeError(f"the demo needs the [demo] extra ({error.name} is missing): "
-                           "pip install 'dinofeat[demo]'") from None
+    for module in ("starlette", "uvicorn"):
+        require(module, "demo", "dinofeat demo")
+    from dinofeat.demo import DemoServer, DemoSettings, create_app
+    from dinofeat.demo.server import bind
+
     try:
         sock = bind(args.host, args.port)  # a taken port fails before the model loads
     except OSError as error:

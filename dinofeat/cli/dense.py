@@ -16,16 +16,16 @@ import torch
 
 from dinofeat.cli.common import add_model_options, load_model_option
 from dinofeat.cli.video import add_pca_video_options, run_pca_video, video_input
+from dinofeat.data.files import command_line_images
+from dinofeat.data.preprocess import Size
 from dinofeat.dense.correspondences import grid_positions, mutual_nearest_neighbours
 from dinofeat.dense.pca import MASK_METHODS, fit_pca, foreground_mask
 from dinofeat.dense.segmentation import cluster_patches
 from dinofeat.dense.similarity import point_similarity
 from dinofeat.dense.views import DEFAULT_DENSE_SIZE, PatchView, prepare_view, token_stride, view_features
-from dinofeat.dense_figures import match_figure, pca_figure, segment_figure, similarity_figure
-from dinofeat.extractor import FeatureExtractor
-from dinofeat.figures import save_figure
-from dinofeat.inputs import command_line_images
-from dinofeat.preprocess import Size
+from dinofeat.features.extractor import FeatureExtractor
+from dinofeat.viz.attention_figures import save_figure
+from dinofeat.viz.dense_figures import match_figure, pca_figure, segment_figure, similarity_figure
 
 #: A row (or column) per image: beyond this a figure is unreadable.
 MAX_FIGURE_IMAGES = 16

@@ -1,385 +1,381 @@
-"""``dinofeat knn | linear | index | search | dedup``: evaluation and image search from the shell."""
+"""``dinofeat retrieval | copydetect | davis | segprobe``: the DINO paper's retrieval, copy-detection and
+segmentation evaluations (k-NN and linear: :mod:`dinofeat.cli.classification`).
+
+Features are extracted through the one torchrun-aware loop (:mod:`dinofeat.features.loop`),
+streamed to ``--cache DIR/<name>-<key>.npy`` (the key hashes the model, the protocol settings and
+the file list), and reused by later runs with the same key. Every dataset is checked before the
+first image is read, so a bad ground-truth file or a missing annotation costs seconds, not hours.
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-import dinofeat
-from dinofeat.cli.common import add_skip_unreadable_option, add_workers_option, report_skipped
-from dinofeat.cli.common import write_json as _write_json
-from dinofeat.errors import ImageReadError
-from dinofeat.evaluation.contact_sheet import contact_sheet
-from dinofeat.evaluation.dedup import check_threshold, duplicate_groups
-from dinofeat.evaluation.descriptors import descriptor_fn
-from dinofeat.evaluation.distributed import init_from_env, rank_and_world
-from dinofeat.evaluation.features import (
-    BatchFeatures,
-    FeatureSet,
-    drop_unreadable,
-    extract_features,
-    extract_folder,
-    scan_image_folder,
+from dinofeat.cli.common import (
+    add_batch_options,
+    add_model_options,
+    load_model_option,
+    model_source,
+    write_json,
 )
-from dinofeat.evaluation.index import ImageIndex
-from dinofeat.evaluation.knn import DEFAULT_KS, DEFAULT_TEMPERATURE, check_knn_settings, knn_classify
-from dinofeat.evaluation.linear import LinearProbeConfig, linear_probe_features, train_linear_probe
-from dinofeat.extraction import is_shard_folder, iter_shard_tables, shard_manifest, table_features
-from dinofeat.extractor import FeatureExtractor
-from dinofeat.inputs import list_image_files
-from dinofeat.model_ids import RANDOM_INIT_SEED, model_id
-from dinofeat.registry import BUNDLED_MODEL
+from dinofeat.data.files import list_image_files
+from dinofeat.evaluation import copy_detection as cd
+from dinofeat.evaluation import retrieval as rt
+from dinofeat.evaluation import segmentation_probe as sp
+from dinofeat.evaluation import video_segmentation as vs
+from dinofeat.features.extractor import FeatureExtractor
+from dinofeat.features.stores.cache import cache_key, cached_features
+from dinofeat.search.descriptors import cls_gem
+from dinofeat.search.neighbors import as_float_tensor
+from dinofeat.utils.distributed import barrier, init_from_env, rank_and_world, shard_indices
+
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dinofeat" / "eval-features"
 
 
-def _model_args(parser: argparse.ArgumentParser, default: str = f"{BUNDLED_MODEL}, bundled") -> None:
-    # default=None: "not given" stays visible (--load-features and search then trust the saved model).
+def model_identity(source: str) -> Any:
+    """What decides a model's features: the zoo / Hub name, or a local path with its files' size and time."""
+    path = Path(source)
+    if not path.exists():
+        return source
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+    return [str(path.resolve())] + [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def _common_options(parser: argparse.ArgumentParser, batch_size: int | None) -> None:
+    """Model, batch, cache and JSON options; ``--batch-size`` unless fixed (``None``)."""
+    add_model_options(parser)
+    add_batch_options(parser, batch_size)
     parser.add_argument(
-        "--model",
-        help=f"zoo name or dinofeat model folder (anything dinofeat.load accepts; default {default})",
+        "--cache",
+        default=str(DEFAULT_CACHE),
+        help=f"folder of cached features, reused when model and settings match (default {DEFAULT_CACHE})",
     )
-    parser.add_argument(
-        "--random-init",
-        action="store_true",
-        help=f"build the architecture with random weights (seed {RANDOM_INIT_SEED}); smoke tests only",
-    )
-    parser.add_argument("--device", default=None, help="cuda / mps / cpu (default: best available)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    add_workers_option(parser)
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--no-cache", action="store_true", help="extract features anew and keep none")
+    parser.add_argument("-o", "--output-json", dest="json", help="write the results as JSON")
 
 
-def model_source(args: argparse.Namespace) -> str:
-    """``--model``, or the bundled model (offline) when it is not given."""
-    return str(args.model) if args.model else BUNDLED_MODEL
+class _Features:
+    """Extract-or-reuse features of file lists for one command run (model loaded once, lazily)."""
 
+    def __init__(self, args: argparse.Namespace, protocol: str, **settings: Any) -> None:
+        self.args = args
+        self.settings = {
+            "protocol": protocol,
+            "model": model_identity(model_source(args)),
+            "arch": args.arch,
+            **({"random_init": True} if args.random_init else {}),  # default runs keep their cache keys
+            **settings,
+        }
+        self._model: FeatureExtractor | None = None
 
-def load_model(source: str, random_init: bool = False, device: str | None = None) -> FeatureExtractor:
-    if random_init:
-        torch.manual_seed(RANDOM_INIT_SEED)
-    return dinofeat.load(source, pretrained=not random_init, device=device)
+    @property
+    def model(self) -> FeatureExtractor:
+        if self._model is None:
+            init_from_env()
+            self._model = load_model_option(self.args)
+        return self._model
 
-
-# ------------------------------------------------------------------ knn / linear
-def _require_dataset_args(args: argparse.Namespace) -> None:
-    """--train and --val given, and both folders present (when features are to be extracted)."""
-    missing = [flag for flag, value in (("--train", args.train), ("--val", args.val)) if not value]
-    if missing:
-        raise ValueError(f"{', '.join(missing)} required unless --load-features is given")
-    for flag, folder in (("--train", args.train), ("--val", args.val)):
-        if not Path(folder).is_dir():
-            raise FileNotFoundError(f"{flag} folder not found: {folder}")
-
-
-def _dataset_features(
-    args: argparse.Namespace,
-    kind: str,
-    make_fn: Callable[[FeatureExtractor], BatchFeatures] | None,
-    check_train_count: Callable[[int], None] | None = None,
-) -> tuple[FeatureSet, FeatureSet] | None:
-    """Train and val features: from ``--load-features DIR`` or extracted (then saved if asked).
-    None on torchrun ranks other than 0. Before any extraction the folders are scanned once, their
-    classes compared, and ``check_train_count`` given the number of train images."""
-    wanted_model = model_id(args.model, args.random_init) if args.model else None
-    if args.load_features:
-        folder = Path(args.load_features)
-        return (
-            FeatureSet.load(folder / "train.safetensors", model=wanted_model, kind=kind),
-            FeatureSet.load(folder / "val.safetensors", model=wanted_model, kind=kind),
+    def __call__(self, name: str, files: Sequence[Path], **extraction: Any) -> np.ndarray | None:
+        key = cache_key(**self.settings, name=name, files=[str(f) for f in files])
+        cache = None if self.args.no_cache else self.args.cache
+        extraction.setdefault("batch_size", getattr(self.args, "batch_size", 1))
+        return cached_features(
+            self.model,
+            list(files),
+            cache,
+            name,
+            key,
+            num_workers=self.args.workers,
+            progress=not self.args.no_progress,
+            **extraction,
         )
-    _require_dataset_args(args)
-    wanted_model = model_id(model_source(args), args.random_init)
-    listings = scan_image_folder(args.train), scan_image_folder(args.val)
-    if listings[0].class_names != listings[1].class_names:
-        raise ValueError(
-            f"train and val have different class folders: {listings[0].class_names[:5]}... vs "
-            f"{listings[1].class_names[:5]}..."
-        )
-    if check_train_count is not None:
-        check_train_count(len(listings[0].files))
-    init_from_env()
-    extractor = load_model(model_source(args), args.random_init, args.device)
-    feature_fn = make_fn(extractor) if make_fn else None
-    sets = [
-        extract_folder(
-            extractor,
-            listing,
-            model=wanted_model,
-            feature_fn=feature_fn,
-            kind=kind,
-            batch_size=args.batch_size,
-            num_workers=args.workers,
-            progress=not args.no_progress,
-        )
-        for listing in listings
-    ]
-    train, val = sets
-    if train is None or val is None:
-        return None
-    if args.save_features:
-        train.save(Path(args.save_features) / "train.safetensors")
-        val.save(Path(args.save_features) / "val.safetensors")
-    return train, val
 
 
-def _dataset_args(parser: argparse.ArgumentParser) -> None:
-    _model_args(parser, default=f"{BUNDLED_MODEL}; with --load-features, the saved features' model")
-    parser.add_argument("--train", help="training folder, one sub-folder per class")
-    parser.add_argument("--val", help="validation folder with the same class sub-folders")
-    parser.add_argument(
-        "--save-features", metavar="DIR", help="write DIR/train.safetensors and DIR/val.safetensors"
-    )
-    parser.add_argument("--load-features", metavar="DIR", help="reuse features saved with --save-features")
-    parser.add_argument("-o", "--output", required=True, help="result JSON file")
+def _is_main() -> bool:
+    return rank_and_world()[0] == 0
 
 
-def run_knn(args: argparse.Namespace) -> int:
-    # Refuse impossible settings before hours of feature extraction, not after.
-    check_knn_settings(args.k, args.temperature)
-    features = _dataset_features(
-        args, "cls", None, lambda num_train: check_knn_settings(args.k, args.temperature, num_train)
-    )
-    if features is None or rank_and_world()[0] != 0:
+# ------------------------------------------------------------------ retrieval
+def run_retrieval(args: argparse.Namespace) -> int:
+    dataset = rt.RevisitedDataset.open(args.data, args.dataset)  # gnd checked before any extraction
+    features = _Features(args, "retrieval", imsize=args.imsize, multiscale=args.multiscale)
+    fn = rt.multiscale_fn(features.model) if args.multiscale else None
+    # One image per batch, as the official script: the thumbnails keep their aspect ratio.
+    common = {"feature_fn": fn, "transform": rt.RetrievalTransform(args.imsize), "batch_size": 1}
+    db = features(f"{args.dataset}-database", dataset.db_files, **common)
+    queries = features(f"{args.dataset}-queries", dataset.query_files, **common)
+    if db is None or queries is None:
         return 0
-    train, val = features
-    results = knn_classify(
-        train.features,
-        train.labels,
-        val.features,
-        val.labels,
-        ks=args.k,
-        temperature=args.temperature,
-        num_classes=len(train.class_names),
-    )
-    for k, accuracy in results.items():
-        print(f"{k:4d}-NN  top-1 {accuracy['top1']:6.2f}  top-5 {accuracy['top5']:6.2f}")
-    _write_json(
-        args.output,
-        {
-            "protocol": "weighted k-NN (DINO eval_knn)",
-            "model": train.model,
-            "temperature": args.temperature,
-            "feature_dim": train.dim,
-            "num_train": len(train.files),
-            "num_val": len(val.files),
-            "classes": train.class_names,
-            "results": {str(k): v for k, v in results.items()},
-        },
-    )
-    return 0
-
-
-def run_linear(args: argparse.Namespace) -> int:
-    config = LinearProbeConfig(  # checked here, before the features are extracted
-        epochs=args.epochs,
-        batch_size=args.probe_batch_size,
-        base_lr=args.lr,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-    )
-    kind = f"linear-last{args.n_last_blocks}" + ("+avgpool" if args.avgpool else "")
-    features = _dataset_features(
-        args, kind, lambda m: linear_probe_features(m, args.n_last_blocks, args.avgpool)
-    )
-    if features is None or rank_and_world()[0] != 0:
-        return 0
-    train, val = features
-    result = train_linear_probe(
-        train.features, train.labels, val.features, val.labels, config, num_classes=len(train.class_names)
-    )
-    best, last = result["best"], result["last"]
+    result = rt.revisited_map(db, queries, dataset.gnd)
+    print(f">> {args.dataset}: mAP M: {100 * result['mapM']:.2f}, H: {100 * result['mapH']:.2f}")
     print(
-        f"linear probe: best top-1 {best['top1']:.2f} (epoch {best['epoch']}), last top-1 {last['top1']:.2f}"
+        f">> {args.dataset}: mP@k{result['ks']} M: {np.round(100 * np.array(result['mprM']), 2).tolist()}, "
+        f"H: {np.round(100 * np.array(result['mprH']), 2).tolist()}"
     )
-    _write_json(
-        args.output,
-        {
-            "protocol": "linear probe on cached features (DINO eval_linear, no augmentation)",
-            "model": train.model,
-            "features": kind,
-            "feature_dim": train.dim,
-            "num_train": len(train.files),
-            "num_val": len(val.files),
-            **result,
-        },
-    )
-    return 0
-
-
-# ------------------------------------------------------------------ index / search / dedup
-def _descriptors(
-    extractor: FeatureExtractor, files: list[Path], kind: str, args: argparse.Namespace,
-    skip_unreadable: bool = False,
-) -> tuple[list[Path], torch.Tensor]:
-    """The readable files and their descriptors (all files, or an error, unless ``skip_unreadable``)."""
-    features = extract_features(
-        extractor,
-        files,
-        feature_fn=descriptor_fn(extractor, kind),
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        progress=not args.no_progress,
-        skip_unreadable=skip_unreadable,
-    )
-    assert features is not None  # single process
-    if not skip_unreadable:
-        return files, features
-    kept, features, skipped = drop_unreadable(files, features)
-    report_skipped(skipped)
-    return kept, features
-
-
-def _index_shards(args: argparse.Namespace) -> int:
-    """Index the CLS features of a `dinofeat embed` shard folder: no model pass."""
-    meta = shard_manifest(args.folder)
-    if args.gem:
-        raise ValueError(f"{args.folder} holds CLS features only: --gem needs the patch tokens (index the "
-                         "images instead)")
-    if args.model and model_id(args.model, args.random_init) != meta["model"]:
-        raise ValueError(f"{args.folder} holds features of {meta['model']!r}, not of --model {args.model!r}")
-    parts = [table_features(table) for table in iter_shard_tables(args.folder)]
-    features = torch.nn.functional.normalize(torch.cat([f for f, _ in parts]), dim=1)
-    files = [name for _, names in parts for name in names]
-    index, count = ImageIndex.extend(args.output, files, features, model=meta["model"], kind="cls")
-    print(f"{args.output}: added {count} images, {len(index)} in total")
-    return 0
-
-
-def run_index(args: argparse.Namespace) -> int:
-    if is_shard_folder(args.folder):
-        return _index_shards(args)
-    kind = "cls+gem" if args.gem else "cls"
-    identity = model_id(model_source(args), args.random_init)
-    files = list_image_files(args.folder)
-    extractor = load_model(model_source(args), args.random_init, args.device)
-    dim = extractor.embed_dim * len(kind.split("+"))
-    # A first look (no lock): refuse a mismatched index before extracting, skip what is indexed.
-    current = ImageIndex.open_or_create(args.output, model=identity, kind=kind, dim=dim)
-    new = current.missing(files)
-    if not new:
-        print(f"{args.output}: all {len(files)} images already indexed ({len(current)} in total)")
-        return 0
-    added, features = _descriptors(extractor, [Path(f) for f in new], kind, args, args.skip_unreadable)
-    if not added:
-        print(f"{args.output}: added 0 images, {len(current)} in total")
-        return 0
-    # Other processes may have extended the index meanwhile: extend() merges under the index's lock.
-    index, count = ImageIndex.extend(args.output, [str(f) for f in added], features, model=identity,
-                                     kind=kind)
-    print(f"{args.output}: added {count} images, {len(index)} in total")
-    return 0
-
-
-def run_search(args: argparse.Namespace) -> int:
-    if args.top < 1:
-        raise ValueError(f"--top must be >= 1, got {args.top}")
-    identity = model_id(args.model, args.random_init) if args.model else None
-    index = ImageIndex.open(args.index, model=identity)
-    queries = [p for q in args.queries for p in (list_image_files(q) if Path(q).is_dir() else [Path(q)])]
-    missing = [str(q) for q in queries if not q.is_file()]
-    if missing:
-        raise FileNotFoundError(f"query image not found: {', '.join(missing)}")
-    source, random_init = (args.model, args.random_init) if args.model else _source_of(index.model)
-    extractor = load_model(source, random_init, args.device)
-    _, descriptors = _descriptors(extractor, queries, index.kind, args)
-    hits = index.search(descriptors, top=args.top)
-    for query, found in zip(queries, hits, strict=True):
-        print(query)
-        for rank, hit in enumerate(found, start=1):
-            print(f"  {rank:3d}  {hit.score:.4f}  {hit.path}")
     if args.json:
-        _write_json(
-            args.json,
-            [
-                {"query": str(q), "results": [{"path": h.path, "score": h.score} for h in found]}
-                for q, found in zip(queries, hits, strict=True)
-            ],
-        )
-    if args.sheet:
-        contact_sheet([str(q) for q in queries], hits, args.sheet)
-    return 0
-
-
-def _source_of(identity: str) -> tuple[str, bool]:
-    suffix = f":random-init-seed{RANDOM_INIT_SEED}"
-    return (identity[: -len(suffix)], True) if identity.endswith(suffix) else (identity, False)
-
-
-def run_dedup(args: argparse.Namespace) -> int:
-    check_threshold(args.threshold)
-    files = list_image_files(args.folder)
-    extractor = load_model(model_source(args), args.random_init, args.device)
-    listed = len(files)
-    files, descriptors = _descriptors(
-        extractor, files, "cls+gem" if args.gem else "cls", args, args.skip_unreadable
-    )
-    if not files:
-        raise ImageReadError(f"none of the {listed} images under {args.folder} could be read")
-    groups = duplicate_groups(descriptors, args.threshold)
-    for number, group in enumerate(groups, start=1):
-        print(f"group {number}: " + "  ".join(str(files[i]) for i in group))
-    print(f"{len(groups)} groups of near-duplicates among {len(files)} images (threshold {args.threshold})")
-    if args.json:
-        _write_json(
+        write_json(
             args.json,
             {
-                "threshold": args.threshold,
-                "descriptor": "cls+gem" if args.gem else "cls",
-                "groups": [[str(files[i]) for i in g] for g in groups],
+                "protocol": "revisited Oxford/Paris (DINO eval_image_retrieval)",
+                "dataset": args.dataset,
+                "model": model_source(args),
+                "imsize": args.imsize,
+                "multiscale": args.multiscale,
+                "num_database": len(dataset.db_files),
+                "num_queries": len(dataset.query_files),
+                **result,
+            },
+        )
+    return 0
+
+
+# ------------------------------------------------------------------ copy detection
+def run_copydetect(args: argparse.Namespace) -> int:
+    originals, blocks = cd.copydays_blocks(args.data)
+    distractors = list_image_files(args.distractors) if args.distractors else []
+    whitening_files = list_image_files(args.whitening) if args.whitening else []
+    features = _Features(args, "copydetect", imsize=args.imsize)
+    model = features.model
+    common = {
+        "feature_fn": lambda batch: cls_gem(model, batch),
+        "transform": cd.CopyDetectionTransform(args.imsize),
+    }
+    parts = [features("copydays-original", originals, **common)]
+    if distractors:
+        parts.append(features("copydays-distractors", distractors, **common))
+    query_parts = [features(f"copydays-{b.name.replace('/', '-')}", b.files, **common) for b in blocks]
+    whitening_features = (
+        features("copydays-whitening", whitening_files, **common) if whitening_files else None
+    )
+    if not _is_main():
+        return 0
+    # On rank 0 every part is present (the other ranks have returned).
+    database = torch.cat([as_float_tensor(p) for p in parts if p is not None])
+    queries = [as_float_tensor(q) for q in query_parts if q is not None]
+    if whitening_features is not None:
+        whitening = cd.Whitening.fit(whitening_features)
+        database, queries = whitening.apply(database), [whitening.apply(q) for q in queries]
+    results = {}
+    for block, block_queries in zip(blocks, queries, strict=True):
+        mean_ap, aps = cd.copy_detection_map(block_queries, database, block.positives)
+        results[block.name] = {"mAP": mean_ap, "num_queries": len(aps), "APs": aps}
+        print(f"eval on {block.name} mAP={mean_ap:.3f}")
+    if args.json:
+        write_json(
+            args.json,
+            {
+                "protocol": "Copydays copy detection (DINO eval_copy_detection)",
+                "model": model_source(args),
+                "imsize": args.imsize,
+                "num_originals": len(originals),
+                "num_distractors": len(distractors),
+                "whitening_images": len(whitening_files),
+                "main_block": cd.MAIN_BLOCK,
+                "blocks": results,
+            },
+        )
+    return 0
+
+
+# ------------------------------------------------------------------ DAVIS
+def _segment_video(
+    model: FeatureExtractor, video: vs.DavisVideo, folder: Path, args: argparse.Namespace
+) -> None:
+    """Write ``folder/<frame>.png`` for every frame, each atomically; a complete folder is kept as is."""
+    outputs = [folder / f"{frame.stem}.png" for frame in video.frames]
+    if all(path.is_file() for path in outputs):
+        return  # finished by an earlier run
+    maps = vs.iter_propagate(
+        model, video.frames, video.first_annotation, args.n_last_frames, args.neighborhood, args.topk
+    )
+    bar = tqdm(
+        zip(outputs, maps, strict=True),
+        total=len(outputs),
+        desc=video.name,
+        unit="frame",
+        disable=args.no_progress,
+        leave=False,
+    )
+    for path, labels in bar:
+        vs.save_label_png(path, labels)
+
+
+def run_davis(args: argparse.Namespace) -> int:
+    videos = vs.davis_videos(args.data, args.split, need_all_annotations=not args.no_eval)
+    output = Path(args.output)
+    init_from_env()
+    rank, world = rank_and_world()
+    model = load_model_option(args)
+    mine = [videos[i] for i in shard_indices(len(videos), rank, world)]
+    for video in tqdm(mine, desc="videos", unit="video", disable=args.no_progress or rank != 0):
+        _segment_video(model, video, output / video.name, args)
+    if world > 1:
+        barrier()
+    if rank != 0:
+        return 0
+    print(f"wrote label PNGs of {len(videos)} videos to {output}")
+    if args.no_eval:
+        return 0
+    per_video = {}
+    for video in videos:
+        predicted = np.stack(
+            [vs.read_annotation(output / video.name / f"{f.stem}.png") for f in video.frames]
+        )
+        truth = np.stack([vs.read_annotation(path) for path in video.annotations])
+        per_video[video.name] = vs.davis_j_and_f(predicted, truth)
+    objects = [o for result in per_video.values() for o in result["per_object"].values()]
+    j_mean = float(np.mean([o["J_mean"] for o in objects]))
+    f_mean = float(np.mean([o["F_mean"] for o in objects]))
+    print(
+        f"J&F-Mean {100 * (j_mean + f_mean) / 2:.1f}  J-Mean {100 * j_mean:.1f}  F-Mean {100 * f_mean:.1f} "
+        f"({len(objects)} objects in {len(videos)} videos)"
+    )
+    if args.json:
+        write_json(
+            args.json,
+            {
+                "protocol": "DAVIS-2017 semi-supervised, label propagation (DINO)",
+                "model": model_source(args),
+                "n_last_frames": args.n_last_frames,
+                "neighborhood": args.neighborhood,
+                "topk": args.topk,
+                "J_mean": j_mean,
+                "F_mean": f_mean,
+                "J&F_mean": (j_mean + f_mean) / 2,
+                "videos": per_video,
+            },
+        )
+    return 0
+
+
+# ------------------------------------------------------------------ segmentation probe
+def run_segprobe(args: argparse.Namespace) -> int:
+    config = sp.SegProbeConfig(
+        n_last_blocks=args.n_last_blocks,
+        batchnorm=not args.no_batchnorm,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        batch_size=args.probe_batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        reduce_zero_label=args.reduce_zero_label,
+    )
+    splits = sp.scan_segmentation_folder(args.train), sp.scan_segmentation_folder(args.val)
+    masks = [
+        sp.load_masks(s, config.image_size, args.num_classes, config.ignore_index, config.reduce_zero_label)
+        for s in splits
+    ]  # every mask checked before any feature is extracted
+    features = _Features(args, "segprobe", image_size=config.image_size, n_last_blocks=config.n_last_blocks)
+    model = features.model
+    patch = model.patch_size
+    if patch is None or config.image_size % patch:
+        raise ValueError(f"--image-size {config.image_size} must be a multiple of the ViT patch size {patch}")
+    common = {
+        "feature_fn": sp.patch_feature_fn(model, config.n_last_blocks),
+        "size": (config.image_size, config.image_size),
+    }
+    train, val = (
+        features(name, split.images, **common)
+        for name, split in zip(("segprobe-train", "segprobe-val"), splits, strict=True)
+    )
+    if train is None or val is None:
+        return 0
+    grid = (config.image_size // patch, config.image_size // patch)
+    result = sp.train_seg_probe(train, masks[0], val, masks[1], grid, args.num_classes, config)
+    print(
+        f"linear segmentation probe: val mIoU {100 * result['final']['mIoU']:.2f} "
+        f"({len(splits[0].images)} train, {len(splits[1].images)} val images)"
+    )
+    if args.json:
+        write_json(
+            args.json,
+            {
+                "protocol": "linear segmentation probe on frozen patch tokens (DINOv2 linear)",
+                "model": model_source(args),
+                "num_classes": args.num_classes,
+                **result,
             },
         )
     return 0
 
 
 def add_parsers(subparsers: Any) -> None:
-    knn = subparsers.add_parser("knn", help="weighted k-NN accuracy (the DINO paper's k-NN evaluation)")
-    _dataset_args(knn)
-    knn.add_argument("--k", type=int, nargs="+", default=list(DEFAULT_KS), help="numbers of neighbours")
-    knn.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE)
-    knn.set_defaults(func=run_knn)
+    _add_search_parsers(subparsers)
+    _add_segmentation_parsers(subparsers)
 
-    linear = subparsers.add_parser("linear", help="linear probe on frozen (cached) features")
-    _dataset_args(linear)
-    defaults = LinearProbeConfig()
-    linear.add_argument(
-        "--n-last-blocks", type=int, default=4, help="concatenate the CLS of the last n blocks"
+
+def _add_search_parsers(subparsers: Any) -> None:
+    retrieval = subparsers.add_parser(
+        "retrieval", help="revisited Oxford / Paris image retrieval (mAP M / H)"
     )
-    linear.add_argument(
-        "--avgpool", action="store_true", help="also the mean of the last block's patch tokens"
+    retrieval.add_argument("--dataset", required=True, choices=rt.DATASETS)
+    retrieval.add_argument(
+        "--data", required=True, help="folder holding <dataset>/gnd_<dataset>.pkl and <dataset>/jpg"
     )
-    linear.add_argument("--epochs", type=int, default=defaults.epochs)
-    linear.add_argument("--probe-batch-size", type=int, default=defaults.batch_size)
-    linear.add_argument("--lr", type=float, default=defaults.base_lr, help="base lr, scaled by batch / 256")
-    linear.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    linear.add_argument("--seed", type=int, default=defaults.seed)
-    linear.set_defaults(func=run_linear)
+    retrieval.add_argument("--multiscale", action="store_true", help="mean of scales 1, 1/sqrt(2), 1/2")
+    retrieval.add_argument("--imsize", type=int, default=224, help="images shrunk to fit IMSIZE x IMSIZE")
+    _common_options(retrieval, batch_size=None)  # one image per batch: sizes differ
+    retrieval.set_defaults(func=run_retrieval)
 
-    index = subparsers.add_parser("index", help="build or extend an image search index")
-    index.add_argument("folder", help="folder of images (searched recursively), or a Parquet shard folder "
-                                      "written by `dinofeat embed` (its CLS features, no model pass)")
-    index.add_argument("-o", "--output", required=True, help="index folder (extended if it exists)")
-    index.add_argument("--gem", action="store_true", help="descriptor CLS ⊕ GeM(p=4) of patch tokens")
-    _model_args(index)
-    add_skip_unreadable_option(index)
-    index.set_defaults(func=run_index)
+    copy = subparsers.add_parser("copydetect", help="Copydays copy detection (mAP per block)")
+    copy.add_argument("--data", required=True, help="Copydays folder (original/, strong/, jpegqual/, crops/)")
+    copy.add_argument("--whitening", help="folder of images to learn the PCA whitening on (paper: 20k YFCC)")
+    copy.add_argument(
+        "--distractors", help="folder of distractor images added to the database (paper: 10k YFCC)"
+    )
+    copy.add_argument("--imsize", type=int, default=320, help="images resized to IMSIZE x IMSIZE")
+    _common_options(copy, batch_size=16)
+    copy.set_defaults(func=run_copydetect)
 
-    search = subparsers.add_parser("search", help="most similar indexed images of query images")
-    search.add_argument("index", help="index folder made by `dinofeat index`")
-    search.add_argument("queries", nargs="+", help="query images or folders")
-    search.add_argument("--top", type=int, default=10)
-    search.add_argument("--json", help="write results as JSON")
-    search.add_argument("--sheet", help="write a contact-sheet PNG")
-    _model_args(search, default="the model the index was built with")
-    search.set_defaults(func=run_search)
 
-    dedup = subparsers.add_parser("dedup", help="groups of near-duplicate images")
-    dedup.add_argument("folder")
-    dedup.add_argument("--threshold", type=float, required=True, help="cosine similarity, e.g. 0.9")
-    dedup.add_argument("--gem", action="store_true", help="descriptor CLS ⊕ GeM(p=4) of patch tokens")
-    dedup.add_argument("--json", help="write groups as JSON")
-    _model_args(dedup)
-    add_skip_unreadable_option(dedup)
-    dedup.set_defaults(func=run_dedup)
+def _add_segmentation_parsers(subparsers: Any) -> None:
+    davis = subparsers.add_parser(
+        "davis", help="DAVIS-2017 video object segmentation by label propagation (J&F)"
+    )
+    davis.add_argument(
+        "--data", required=True, help="DAVIS folder (JPEGImages/480p, Annotations/480p, ImageSets/2017)"
+    )
+    davis.add_argument("--output", required=True, help="folder for the label PNGs, one sub-folder per video")
+    davis.add_argument("--split", default="val", help="ImageSets/2017/<split>.txt")
+    davis.add_argument("--n-last-frames", type=int, default=7)
+    davis.add_argument("--neighborhood", type=int, default=12, help="source window radius in patches")
+    davis.add_argument("--topk", type=int, default=5)
+    davis.add_argument(
+        "--no-eval", action="store_true", help="only write the label PNGs (no ground truth needed)"
+    )
+    davis.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    davis.add_argument("-o", "--output-json", dest="json", help="write J&F as JSON")
+    add_model_options(davis)
+    davis.set_defaults(func=run_davis)
+
+    seg = subparsers.add_parser("segprobe", help="linear segmentation probe on frozen patch tokens (mIoU)")
+    seg.add_argument("--train", required=True, help="split folder: images/ + annotations/ (or VOC's names)")
+    seg.add_argument("--val", required=True, help="validation split folder, same layout")
+    seg.add_argument("--num-classes", type=int, required=True, help="classes 0..N-1 (255 is ignored)")
+    defaults = sp.SegProbeConfig()
+    seg.add_argument(
+        "--n-last-blocks", type=int, default=defaults.n_last_blocks, help="1 (linear) or 4 (linear4)"
+    )
+    seg.add_argument("--no-batchnorm", action="store_true", help="no BatchNorm before the linear layer")
+    seg.add_argument(
+        "--image-size", type=int, default=defaults.image_size, help="images and masks resized to S x S"
+    )
+    seg.add_argument("--epochs", type=int, default=defaults.epochs)
+    seg.add_argument("--probe-batch-size", type=int, default=defaults.batch_size)
+    seg.add_argument("--lr", type=float, default=defaults.lr)
+    seg.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    seg.add_argument("--seed", type=int, default=defaults.seed)
+    seg.add_argument(
+        "--reduce-zero-label", action="store_true", help="ADE20K: label 0 ignored, others shift down"
+    )
+    _common_options(seg, batch_size=16)
+    seg.set_defaults(func=run_segprobe)

@@ -6,10 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from dinofeat.loading import load
-from dinofeat.onnx_graph import OUTPUTS
-
-MISSING_EXTRA = "ONNX export needs the onnx extra: pip install 'dinofeat[onnx]'"
+from dinofeat.hub.loading import load
+from dinofeat.models.export_graph import OUTPUTS
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -31,18 +29,13 @@ def add_parsers(subparsers: Any) -> None:
 
 
 def run_export_onnx(args: argparse.Namespace) -> int:
-    try:
-        from dinofeat.onnx_export import export_onnx
-    except ImportError as error:  # torch.onnx needs the onnx package
-        raise RuntimeError(f"{MISSING_EXTRA} ({error})") from None
+    from dinofeat.export.onnx import export_onnx  # imports the exporter only when asked
+
     outputs = [name.strip() for name in args.outputs.split(",") if name.strip()]
     size = (args.size[0], args.size[1]) if args.size else None
     model = load(args.model, arch=args.arch, device="cpu")
-    try:
-        result = export_onnx(model, args.output, size=size, dynamic=args.dynamic, outputs=outputs,
-                             opset=args.opset, half=args.half, check=not args.no_check)
-    except ModuleNotFoundError as error:
-        raise RuntimeError(f"{MISSING_EXTRA} ({error})") from None
+    result = export_onnx(model, args.output, size=size, dynamic=args.dynamic, outputs=outputs,
+                         opset=args.opset, half=args.half, check=not args.no_check)
     checked = ", ".join(f"{name} {difference:.1e}" for name, difference in result.differences.items())
     shapes = " and ".join("x".join(map(str, shape[2:])) for shape in result.checked_shapes)
     print(f"wrote {result.path} ({', '.join(outputs)}) and {result.preprocess_path.name}"

@@ -18,18 +18,24 @@ from dinofeat.cli.common import (
     report_skipped,
 )
 from dinofeat.cli.video import add_video_options, run_attention_video, run_embed_video, video_input
-from dinofeat.distributed import pick_device
-from dinofeat.errors import ImageReadError
-from dinofeat.evaluation.features import default_num_workers, drop_unreadable, extract_features
-from dinofeat.extraction import DEFAULT_SHARD_SIZE, ExtractionSettings, extract_to_shards, print_report
-from dinofeat.feature_files import FEATURE_SUFFIXES, save_features
-from dinofeat.figures import attention_grid, save_figure
-from dinofeat.inputs import command_line_images, open_image
-from dinofeat.loading import load
-from dinofeat.model_ids import model_id
-from dinofeat.preprocess import Size, pil_geometry, to_normalized_tensor
+from dinofeat.data.collections import TAR_SUFFIXES, plan_units
+from dinofeat.data.files import command_line_images, open_image
+from dinofeat.data.preprocess import Size, pil_geometry, to_normalized_tensor
+from dinofeat.features.image_files import drop_unreadable, extract_features
+from dinofeat.features.loop import default_num_workers
+from dinofeat.features.model_ids import model_id
+from dinofeat.features.stores.arrays import FEATURE_SUFFIXES, save_features
+from dinofeat.features.stores.shards import (
+    DEFAULT_SHARD_SIZE,
+    ExtractionSettings,
+    extract_to_shards,
+    print_report,
+)
+from dinofeat.hub.loading import load
 from dinofeat.registry import list_models
-from dinofeat.sources import TAR_SUFFIXES, plan_units
+from dinofeat.utils.distributed import pick_device
+from dinofeat.utils.errors import ImageReadError
+from dinofeat.viz.attention_figures import attention_grid, save_figure
 
 MAX_ATTENTION_ROWS = 32
 
@@ -133,7 +139,8 @@ def _embed_to_shards(args: argparse.Namespace, size: Size | None) -> int:
     if not args.paths and not args.files_from:
         raise ValueError("give image files, folders, .tar shards or --files-from LIST")
     units = plan_units(args.paths, args.shard_size, args.files_from)
-    # Under torchrun each process takes its own GPU; no process group is needed (see dinofeat.extraction).
+    # Under torchrun each process takes its own GPU; no process group is needed
+    # (see dinofeat.features.stores.shards).
     device = args.device or str(pick_device("auto", int(os.environ.get("LOCAL_RANK", "0"))))
     model = load(args.model, arch=args.arch, device=device)
     identity = model_id(args.model)  # as indexes name it: `dinofeat index SHARDS` reuses it

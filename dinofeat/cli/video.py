@@ -10,13 +10,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from dinofeat.data.preprocess import Size
+from dinofeat.data.video import is_video_path, video_info
 from dinofeat.dense.views import dense_size
-from dinofeat.extractor import FeatureExtractor
-from dinofeat.feature_files import check_feature_path, save_features
-from dinofeat.loading import load
-from dinofeat.preprocess import Size
-from dinofeat.video import check_video_output, is_video_path, output_codec, video_info
-from dinofeat.video_features import DEFAULT_FIT_FRAMES, attention_video, embed_video, pca_video
+from dinofeat.features.extractor import FeatureExtractor
+from dinofeat.features.stores.arrays import check_feature_path, save_features
+from dinofeat.features.video import embed_video
+from dinofeat.hub.loading import load
+from dinofeat.viz.video_writer import check_video_output, output_codec
+from dinofeat.viz.videos import DEFAULT_FIT_FRAMES, attention_video, pca_video
 
 
 def add_video_options(parser: argparse.ArgumentParser, *, fps: bool = True) -> None:

@@ -31,15 +31,15 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from dinofeat.data.files import IMAGE_SUFFIXES, open_image
+from dinofeat.demo.index_search import IndexSearch
 from dinofeat.demo.models import Loader, ModelSlot
-from dinofeat.demo.neighbours import IndexSearch
 from dinofeat.demo.rendering import Analysis, analyse, attention_png, pca_png, png_bytes, similarity_png
 from dinofeat.demo.uploads import MAX_UPLOAD_BYTES, UploadError, decode_upload
 from dinofeat.dense.views import DEFAULT_DENSE_SIZE
-from dinofeat.errors import ImageReadError
-from dinofeat.extractor import FeatureExtractor
-from dinofeat.inputs import IMAGE_SUFFIXES, open_image
+from dinofeat.features.extractor import FeatureExtractor
 from dinofeat.registry import BUNDLED_MODEL
+from dinofeat.utils.errors import ImageReadError
 
 STATIC = Path(__file__).with_name("static")
 KEPT_IMAGES = 16
@@ -177,7 +177,7 @@ def create_app(settings: DemoSettings | None = None, loader: Loader | None = Non
         settings: Start model, index, samples, device, size.
         loader: ``name -> FeatureExtractor`` (default: :func:`dinofeat.load` on ``settings.device``).
     """
-    from dinofeat.loading import load
+    from dinofeat.hub.loading import load
 
     settings = settings or DemoSettings()
     demo = _Demo(settings, loader or (lambda name: load(name, device=settings.device)))

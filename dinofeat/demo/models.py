@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from dinofeat.extractor import FeatureExtractor
+from dinofeat.features.extractor import FeatureExtractor
 from dinofeat.registry import ZOO, get_spec
 
 Loader = Callable[[str], FeatureExtractor]

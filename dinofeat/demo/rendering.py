@@ -18,10 +18,10 @@ from dinofeat.dense.pca import fit_pca
 from dinofeat.dense.similarity import point_similarity
 from dinofeat.dense.upsample import upsample_maps
 from dinofeat.dense.views import DEFAULT_DENSE_SIZE, PatchView, prepare_view, token_stride, view_features
-from dinofeat.dense_figures import OVERLAY_ALPHA
-from dinofeat.extractor import FeatureExtractor
-from dinofeat.figures import attention_grid
-from dinofeat.masks import upsample_to_pixels
+from dinofeat.features.extractor import FeatureExtractor
+from dinofeat.features.masks import upsample_to_pixels
+from dinofeat.viz.attention_figures import attention_grid
+from dinofeat.viz.dense_figures import OVERLAY_ALPHA
 
 #: Attention mass kept by the masks, as in the DINO paper's figures.
 MASK_THRESHOLD = 0.6

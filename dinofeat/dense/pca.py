@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dinofeat.masks import attention_masks
+from dinofeat.features.masks import attention_masks
 
 #: Projections below / above these percentiles of the fitted ones map to 0 / 1 in RGB, so a few
 #: outlier tokens do not wash out the picture.
@@ -198,7 +198,7 @@ def attention_foreground(attention: torch.Tensor, threshold: float = 0.6) -> tor
 
     Args:
         attention: (N, heads, h, w) maps from ``cls_attention`` / ``features(outputs=("attention",))``.
-        threshold: Attention mass kept, as in :func:`dinofeat.masks.attention_masks`.
+        threshold: Attention mass kept, as in :func:`dinofeat.features.masks.attention_masks`.
 
     Returns:
         (N, h, w) bool.

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dinofeat.config import PreprocessConfig
-from dinofeat.inputs import open_image
-from dinofeat.preprocess import Size, pil_geometry, to_normalized_tensor
+from dinofeat.config.preprocess import PreprocessConfig
+from dinofeat.data.files import open_image
+from dinofeat.data.preprocess import Size, pil_geometry, to_normalized_tensor
 
 if TYPE_CHECKING:
-    from dinofeat.extractor import FeatureExtractor
+    from dinofeat.features.extractor import FeatureExtractor
 
 #: Shorter side, in pixels, that the dense tools resize images to by default.
 DEFAULT_DENSE_SIZE = 224

@@ -1,1 +1,1 @@
-"""Evaluation and search on DINO features (weighted k-NN, linear probe, image index)."""
+"""The papers' protocols: weighted k-NN, linear probe, retrieval, copy detection, DAVIS, segmentation."""

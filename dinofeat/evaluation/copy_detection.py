@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dinofeat.config import PreprocessConfig
-from dinofeat.evaluation.descriptors import cls_gem
-from dinofeat.evaluation.neighbors import as_float_tensor, build_index, search
-from dinofeat.extractor import FeatureExtractor
-from dinofeat.inputs import iter_batches
-from dinofeat.preprocess import pil_geometry, to_normalized_tensor
+from dinofeat.config.preprocess import PreprocessConfig
+from dinofeat.data.inputs import iter_batches
+from dinofeat.data.preprocess import pil_geometry, to_normalized_tensor
+from dinofeat.features.extractor import FeatureExtractor
+from dinofeat.search.descriptors import cls_gem
+from dinofeat.search.neighbors import as_float_tensor, build_index, search
 
 DEFAULT_TOP = 20
 COPYDAYS_BLOCKS = (

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dinofeat.evaluation.neighbors import DEFAULT_QUERY_CHUNK, EXACT_INDEX, build_index, l2_normalize, search
+from dinofeat.search.neighbors import DEFAULT_QUERY_CHUNK, EXACT_INDEX, build_index, l2_normalize, search
 
 DEFAULT_KS = (10, 20, 100, 200)
 DEFAULT_TEMPERATURE = 0.07

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dinofeat.evaluation.features import BatchFeatures
-from dinofeat.extractor import FeatureExtractor
+from dinofeat.features.extractor import FeatureExtractor
+from dinofeat.features.image_files import BatchFeatures
 
 
 @dataclass(frozen=True)

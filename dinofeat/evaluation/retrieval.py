@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dinofeat.config import PreprocessConfig
-from dinofeat.evaluation.neighbors import as_float_tensor
-from dinofeat.extractor import FeatureExtractor
-from dinofeat.inputs import iter_batches
-from dinofeat.preprocess import to_normalized_tensor
+from dinofeat.config.preprocess import PreprocessConfig
+from dinofeat.data.inputs import iter_batches
+from dinofeat.data.preprocess import to_normalized_tensor
+from dinofeat.features.extractor import FeatureExtractor
+from dinofeat.search.neighbors import as_float_tensor
 
 DATASETS = ("roxford5k", "rparis6k")
 MULTISCALE_SCALES = (1.0, 1 / math.sqrt(2), 0.5)

@@ -29,10 +29,10 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from dinofeat.evaluation.features import BatchFeatures
-from dinofeat.evaluation.neighbors import as_float_tensor
-from dinofeat.extractor import FeatureExtractor
-from dinofeat.inputs import IMAGE_SUFFIXES
+from dinofeat.data.files import IMAGE_SUFFIXES
+from dinofeat.features.extractor import FeatureExtractor
+from dinofeat.features.image_files import BatchFeatures
+from dinofeat.search.neighbors import as_float_tensor
 
 LAYOUTS = (("images", "annotations"), ("JPEGImages", "SegmentationClass"))
 IGNORE_INDEX = 255

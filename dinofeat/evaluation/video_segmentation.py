@@ -25,10 +25,10 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from dinofeat.atomic_write import replace_atomically
+from dinofeat.data.files import open_image
 from dinofeat.evaluation.davis_metrics import davis_j_and_f
-from dinofeat.extractor import FeatureExtractor
-from dinofeat.inputs import open_image
+from dinofeat.features.extractor import FeatureExtractor
+from dinofeat.utils.atomic_write import replace_atomically
 
 __all__ = [
     "DavisVideo",
@@ -292,7 +292,7 @@ def propagate(
     """Segment a video from its first frame's annotation by label propagation.
 
     Args:
-        model: A ViT :class:`~dinofeat.extractor.FeatureExtractor`.
+        model: A ViT :class:`~dinofeat.features.extractor.FeatureExtractor`.
         frames: Frame files (paths) or decoded frames (PIL images, uint8 (H, W, 3) RGB arrays), in order.
         first_annotation: Label map of the first frame: indexed PNG path, PIL image or (H, W) array.
         n_last_frames: Previous frames used as context besides the first.

@@ -1,34 +1,50 @@
-"""Backbone builders: one :class:`~dinofeat.config.ArchConfig` in, one ``nn.Module`` out.
+"""Backbone families, one folder each, all answering the token interface (``forward_tokens`` ->
+``TokenOutput``).
 
-Each family lives in its own module and answers the token interface of
-:mod:`dinofeat.models.tokens`; :data:`BUILDERS` maps a config class to its module's class.
+:data:`FAMILIES` is the one table of families; everything generic (building from a config, reading
+configs back from JSON, loading weights, ONNX export, the docs table, the trainer) goes through it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeAlias
 
-from dinofeat.config import ArchConfig, DinoV3Config, DinoV3ConvNeXtConfig, ResNetConfig, ViTConfig
-from dinofeat.models.dinov3_convnext import DinoV3ConvNeXt
-from dinofeat.models.dinov3_vit import DinoV3VisionTransformer
-from dinofeat.models.resnet import DinoResNet
+from dinofeat.config.preprocess import check_keys
+from dinofeat.models import dinov3, dinov3_convnext, resnet, vit
+from dinofeat.models.dinov3 import DinoV3Config, DinoV3VisionTransformer
+from dinofeat.models.dinov3_convnext import DinoV3ConvNeXt, DinoV3ConvNeXtConfig
+from dinofeat.models.family import ModelFamily
+from dinofeat.models.resnet import DinoResNet, ResNetConfig
 from dinofeat.models.tokens import TokenBackbone, TokenOutput
-from dinofeat.models.vit import DinoVisionTransformer
+from dinofeat.models.vit import DinoVisionTransformer, ViTConfig
 
-__all__ = ["BUILDERS", "Backbone", "DinoResNet", "DinoV3ConvNeXt", "DinoV3VisionTransformer",
-           "DinoVisionTransformer", "TokenBackbone", "TokenOutput", "build_backbone"]
+__all__ = ["FAMILIES", "ArchConfig", "Backbone", "DinoResNet", "DinoV3Config", "DinoV3ConvNeXt",
+           "DinoV3ConvNeXtConfig", "DinoV3VisionTransformer", "DinoVisionTransformer", "ModelFamily",
+           "ResNetConfig", "TokenBackbone", "TokenOutput", "ViTConfig", "arch_from_dict", "build_backbone",
+           "family_of"]
 
-#: What :func:`build_backbone` returns.
-Backbone = DinoVisionTransformer | DinoResNet | DinoV3VisionTransformer | DinoV3ConvNeXt
-
-#: Config class -> backbone class: the one place a new family is plugged in.
-BUILDERS: dict[type, Callable[[Any], Backbone]] = {
-    ViTConfig: DinoVisionTransformer,
-    ResNetConfig: DinoResNet,
-    DinoV3Config: DinoV3VisionTransformer,
-    DinoV3ConvNeXtConfig: DinoV3ConvNeXt,
+#: ``family`` name -> its record: the one table a new backbone family is added to.
+FAMILIES: dict[str, ModelFamily] = {
+    family.name: family for family in (vit.FAMILY, resnet.FAMILY, dinov3.FAMILY, dinov3_convnext.FAMILY)
 }
+
+#: An architecture config of any family.
+ArchConfig: TypeAlias = ViTConfig | ResNetConfig | DinoV3Config | DinoV3ConvNeXtConfig
+#: What :func:`build_backbone` returns.
+Backbone: TypeAlias = DinoVisionTransformer | DinoResNet | DinoV3VisionTransformer | DinoV3ConvNeXt
+
+
+def family_of(item: Any) -> ModelFamily:
+    """The family of an architecture config or of a backbone module.
+
+    Raises:
+        TypeError: ``item`` belongs to no family of :data:`FAMILIES`.
+    """
+    for family in FAMILIES.values():
+        if isinstance(item, (family.config_type, family.backbone_type)):
+            return family
+    raise TypeError(f"{type(item).__name__} belongs to no backbone family; known families: "
+                    f"{', '.join(FAMILIES)}")
 
 
 def build_backbone(arch: ArchConfig) -> Backbone:
@@ -37,7 +53,23 @@ def build_backbone(arch: ArchConfig) -> Backbone:
     The trainer builds its student and teacher here, and :func:`dinofeat.load` builds the
     module it then fills with weights, so both halves share one definition.
     """
-    builder = BUILDERS.get(type(arch))
-    if builder is None:
-        raise TypeError(f"unsupported architecture config {type(arch).__name__}")
-    return builder(arch)
+    backbone: Backbone = family_of(arch).build(arch)  # type: ignore[assignment]
+    return backbone
+
+
+def arch_from_dict(data: dict[str, Any]) -> ArchConfig:
+    """Build an architecture config from its ``to_dict()`` form.
+
+    A dict without ``family`` is taken as ViT hyper-parameters, so that
+    ``{"patch_size": 16, "embed_dim": 384, "depth": 12, "num_heads": 6}`` is enough.
+
+    Raises:
+        ValueError: an unknown family, unknown keys or missing required keys (named).
+    """
+    name = data.get("family", "vit")
+    family = FAMILIES.get(name)
+    if family is None:
+        raise ValueError(f"unknown architecture family {name!r}; expected one of {sorted(FAMILIES)}")
+    check_keys(family.config_type, data, "architecture")
+    config: ArchConfig = family.config_type(**data)
+    return config

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import torch
-from dinofeat.training.cli import main
 
 import dinofeat
-from tests.training.helpers import make_image_folder, train_args
+from dinofeat.training.cli import main
+from tests.helpers.training import make_image_folder, train_args
 
 
 def test_train_export_load(tmp_path: Path) -> None:

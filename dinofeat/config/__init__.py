@@ -1,0 +1,1 @@
+"""Typed preprocessing (RGB evaluation transform, per-band normalisation) shared by every layer."""

@@ -1,0 +1,1 @@
+"""Files and arrays to tensors: image files, preprocessing, bands, inputs, collections, video decoding."""

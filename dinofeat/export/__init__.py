@@ -1,0 +1,1 @@
+"""Exporting backbones to other runtimes: ONNX graphs checked against PyTorch."""

@@ -1,0 +1,1 @@
+"""Pictures and videos of features: attention and dense-tool figures, contact sheets, videos."""

@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: data makers, a loopback Hub, process runners, golden readers."""

@@ -1,0 +1,1 @@
+"""Contributor tools, not part of the installed package (``python -m tools.docs_table``)."""

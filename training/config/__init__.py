@@ -1,0 +1,1 @@
+"""Typed training configuration: sections, presets, files and overrides, range checks."""

@@ -1,0 +1,1 @@
+"""The engine: step, loop, checkpoints and resume, FSDP, preemption, metrics, export, distillation."""

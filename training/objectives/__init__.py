@@ -1,0 +1,1 @@
+"""What is optimised: one folder per objective, and the shared schedules, EMA, optimiser, multi-crop."""

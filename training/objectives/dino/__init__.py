@@ -1,0 +1,1 @@
+"""The DINO objective: its projection head, and the loss with its centring."""
