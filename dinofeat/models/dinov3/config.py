@@ -50,10 +50,18 @@ class DinoV3Config:
         pos_embed_rope_max_period: Longest RoPE period.
         pos_embed_rope_normalize_coords: Patch-centre coordinates divided by each side (``"separate"``)
             or by the longer (``"max"``) / shorter (``"min"``) side.
-        pos_embed_rope_shift_coords: Training-time coordinate augmentation (stored; eval never uses it).
-        pos_embed_rope_jitter_coords: Training-time coordinate augmentation (stored; eval never uses it).
-        pos_embed_rope_rescale_coords: Training-time coordinate augmentation (stored; eval never uses it).
-        pos_embed_rope_dtype: dtype of the RoPE periods, angles and rotated q / k.
+        pos_embed_rope_shift_coords: Train mode only: RoPE coordinates shifted by a draw uniform in
+            ``[-s, s]`` per axis (a new draw per block and crop group).
+        pos_embed_rope_jitter_coords: Train mode only: coordinates scaled by a log-uniform draw in
+            ``[1/j, j]`` per axis.
+        pos_embed_rope_rescale_coords: Train mode only: both axes scaled by one log-uniform draw in
+            ``[1/r, r]`` (the released models: 2).
+        pos_embed_rope_dtype: dtype of the RoPE periods, angles and rotated q / k. (Official training
+            ignores it and uses bf16: see ``DinoV3VisionTransformer.forward_training``.)
+        drop_path_rate: Stochastic depth of every block, train mode only (the official subset version:
+            ``max(int(B (1 - p)), 1)`` samples go through each residual branch, added back scaled by
+            ``B / subset``). Left out of :meth:`to_dict` at 0, so configs written before it existed
+            read and write back the same.
     """
 
     embed_dim: int
@@ -82,6 +90,7 @@ class DinoV3Config:
     pos_embed_rope_rescale_coords: float | None = None
     pos_embed_rope_dtype: Literal["fp32", "fp16", "bf16"] = "bf16"
     family: Literal["dinov3"] = "dinov3"
+    drop_path_rate: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "depth", "num_heads", "patch_size", "in_chans", "img_size"):
@@ -103,6 +112,7 @@ class DinoV3Config:
                                  f"got {getattr(self, name)!r}")
         if not isinstance(self.n_storage_tokens, int) or self.n_storage_tokens < 0:
             raise ValueError(f"DinoV3Config.n_storage_tokens must be >= 0, got {self.n_storage_tokens!r}")
+        self._check_training_fields()
         periods = (self.pos_embed_rope_min_period, self.pos_embed_rope_max_period)
         by_range = self.pos_embed_rope_base is None and all(p is not None for p in periods)
         by_base = self.pos_embed_rope_base is not None and all(p is None for p in periods)
@@ -111,6 +121,19 @@ class DinoV3Config:
                              "pos_embed_rope_min_period and pos_embed_rope_max_period, "
                              f"got base={self.pos_embed_rope_base}, "
                              f"min/max={periods}")
+
+    def _check_training_fields(self) -> None:
+        rate = self.drop_path_rate
+        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0.0 <= rate < 1.0:
+            raise ValueError(f"DinoV3Config.drop_path_rate must lie in [0, 1), got {rate!r}")
+        if self.pos_embed_rope_shift_coords is not None and self.pos_embed_rope_shift_coords < 0:
+            raise ValueError("DinoV3Config.pos_embed_rope_shift_coords must be >= 0 or None, "
+                             f"got {self.pos_embed_rope_shift_coords!r}")
+        for name in ("pos_embed_rope_jitter_coords", "pos_embed_rope_rescale_coords"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"DinoV3Config.{name} must be >= 1 or None (a log-uniform factor in "
+                                 f"[1/v, v]), got {value!r}")
 
     @property
     def head_dim(self) -> int:
@@ -122,4 +145,7 @@ class DinoV3Config:
         return 1 + self.n_storage_tokens
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if not self.drop_path_rate:
+            del data["drop_path_rate"]
+        return data

@@ -15,14 +15,19 @@ Behaviours kept from the official eval-mode forward:
 * the qkv bias is ``bias * bias_mask`` (the released masks zero the key third);
 * with ``untie_cls_and_patch_norms`` CLS and storage tokens go through ``cls_norm``, patches
   through ``norm``, in the final output and in every intermediate; ``local_cls_norm`` is a
-  training-time norm and is never used here;
-* RoPE coordinates are the deterministic eval ones in train mode too (the official shift /
-  jitter / rescale augmentation is not implemented: dinofeat does not train DINOv3).
+  training-time norm, used only by :meth:`DinoV3VisionTransformer.forward_training` for local crops.
+
+In train mode the model behaves as official training does, in every forward: RoPE coordinates
+get the configured shift / jitter / rescale augmentation, drawn anew for every block (and, in
+:meth:`~DinoV3VisionTransformer.forward_training`, for every crop group), and ``drop_path_rate`` > 0
+runs each residual branch on a random subset of the samples (:func:`subset_residual`). Eval mode
+is untouched by both. The training forward itself (masks, local crops, bf16 RoPE) is in
+:mod:`dinofeat.models.dinov3.training`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
@@ -32,9 +37,29 @@ from torch import nn
 
 from dinofeat.models.dinov3.config import DINOV3_FFN_ALIGN, DINOV3_NORM_EPS, DinoV3Config
 from dinofeat.models.dinov3.rope import RopeEmbedding, rotate_patches
+from dinofeat.models.dinov3.training import OFFICIAL_TRAINING_ROPE_DTYPE, TrainingOutput, forward_training
 from dinofeat.models.tokens import TokenOutput, check_images, check_patch_stride, selected_blocks
 
 RopeTables = tuple[torch.Tensor, torch.Tensor]
+
+
+def subset_residual(x: torch.Tensor, branch: Callable[[torch.Tensor], torch.Tensor], rate: float
+                    ) -> torch.Tensor:
+    """``x + branch(x)`` under the official DINOv3 stochastic depth: a random subset of
+    ``max(int(B (1 - rate)), 1)`` samples (``torch.randperm`` on ``x``'s device, one call) goes
+    through ``branch``, whose output is added back to those rows scaled by ``B / subset``; the other
+    rows pass unchanged.
+
+    Example:
+        >>> x = torch.ones(4, 2, 3)
+        >>> out = subset_residual(x, lambda y: y, 0.5)  # 2 of 4 rows get 1 + 1 * 4 / 2
+        >>> sorted(out[:, 0, 0].tolist())
+        [1.0, 1.0, 3.0, 3.0]
+    """
+    batch = x.shape[0]
+    size = max(int(batch * (1 - rate)), 1)
+    kept = torch.randperm(batch, device=x.device)[:size]
+    return torch.index_add(x, 0, kept, branch(x[kept]).to(x.dtype), alpha=batch / size)
 
 
 class MaskedBiasLinear(nn.Linear):
@@ -108,7 +133,8 @@ class RopeAttention(nn.Module):
 
 
 class RopeBlock(nn.Module):
-    """Pre-norm block: ``x + ls1(attn(norm1 x))``, then ``x + ls2(mlp(norm2 x))``."""
+    """Pre-norm block: ``x + ls1(attn(norm1 x))``, then ``x + ls2(mlp(norm2 x))``, on a list of crop
+    groups (each with its own RoPE tables); stochastic depth in train mode (:func:`subset_residual`)."""
 
     def __init__(self, config: DinoV3Config) -> None:
         super().__init__()
@@ -124,12 +150,40 @@ class RopeBlock(nn.Module):
         self.mlp: nn.Module = (Mlp(dim, hidden, act_layer=nn.GELU, bias=config.ffn_bias) if align is None
                                else SwiGLU(dim, hidden, align, config.ffn_bias))
         self.ls2: nn.Module = LayerScale(dim, scale) if scale is not None else nn.Identity()
+        self.drop_path_rate = config.drop_path_rate
 
-    def forward(self, x: torch.Tensor, rope: RopeTables, cls_attention: bool = False
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attended, row = self.attn(self.norm1(x), rope, cls_attention)
-        x = x + self.ls1(attended)
-        return x + self.ls2(self.mlp(self.norm2(x))), row
+    def _attention_branch(self, x: torch.Tensor, rope: RopeTables) -> torch.Tensor:
+        out: torch.Tensor = self.ls1(self.attn(self.norm1(x), rope)[0])
+        return out
+
+    def _mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.ls2(self.mlp(self.norm2(x)))
+        return out
+
+    def forward(self, xs: Sequence[torch.Tensor], ropes: Sequence[RopeTables], cls_attention: bool = False
+                ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """The outputs of every group and, if asked (one group, no stochastic depth), the CLS query's
+        softmax row over all keys (B, heads, N).
+
+        With stochastic depth the draws come in the official order: the attention branch's subset
+        for each group, then the MLP branch's for each group.
+        """
+        rate = self.drop_path_rate
+        if self.training and rate > 0:
+            if cls_attention:
+                raise ValueError("cls_attention is an eval-mode output; this block is in train mode with "
+                                 f"drop_path_rate {rate}")
+            xs = [subset_residual(x, partial(self._attention_branch, rope=rope), rate)
+                  for x, rope in zip(xs, ropes, strict=True)]
+            return [subset_residual(x, self._mlp_branch, rate) for x in xs], None
+        if cls_attention and len(xs) != 1:
+            raise ValueError(f"cls_attention needs a single crop group, got {len(xs)}")
+        outs, row = [], None
+        for x, rope in zip(xs, ropes, strict=True):
+            attended, row = self.attn(self.norm1(x), rope, cls_attention)
+            x = x + self.ls1(attended)
+            outs.append(x + self.ls2(self.mlp(self.norm2(x))))
+        return outs, row
 
 
 class PatchEmbed(nn.Module):
@@ -169,7 +223,8 @@ class DinoV3VisionTransformer(nn.Module):
         self.rope_embed = RopeEmbedding(
             config.head_dim, base=config.pos_embed_rope_base, min_period=config.pos_embed_rope_min_period,
             max_period=config.pos_embed_rope_max_period, normalize=config.pos_embed_rope_normalize_coords,
-            dtype=config.pos_embed_rope_dtype)
+            dtype=config.pos_embed_rope_dtype, shift=config.pos_embed_rope_shift_coords,
+            jitter=config.pos_embed_rope_jitter_coords, rescale=config.pos_embed_rope_rescale_coords)
         self.blocks = nn.ModuleList(RopeBlock(config) for _ in range(config.depth))
         norm = partial(nn.LayerNorm, dim, eps=DINOV3_NORM_EPS[config.norm_layer])
         self.norm = norm()
@@ -203,12 +258,25 @@ class DinoV3VisionTransformer(nn.Module):
                        ) -> tuple[torch.Tensor, tuple[int, int], RopeTables]:
         """[CLS, storage..., patches row by row] (B, P + h*w, D), the input of block 0, its grid and
         the RoPE tables of its patch centres (see :meth:`forward_tokens` for ``patch_stride``)."""
+        tokens, grid, rope = self.embed_tokens(x, patch_stride)
+        return tokens, grid, rope()
+
+    def embed_tokens(self, x: torch.Tensor, patch_stride: int | None = None,
+                     masks: torch.Tensor | None = None, rope_dtype: torch.dtype | None = None
+                     ) -> tuple[torch.Tensor, tuple[int, int], Callable[[], RopeTables]]:
+        """Like :meth:`prepare_tokens`, with a function that makes the RoPE tables (a new draw of the
+        coordinate augmentation at each call in train mode) computed in ``rope_dtype`` (None: the
+        periods' dtype), and with ``masks`` (B, h*w) bool: those patches replaced by ``mask_token``
+        (the official iBOT masking of the student's global crops)."""
         patch = self.config.patch_size
         check_images(x, self.config.in_chans, patch)
         height, width = x.shape[2], x.shape[3]
         if patch_stride is None or patch_stride == patch:
             patches = self.patch_embed(x)
-            rope = self.rope_embed.for_grid(patches.shape[1], patches.shape[2])
+            h, w = patches.shape[1], patches.shape[2]
+
+            def rope() -> RopeTables:
+                return self.rope_embed.for_grid(h, w, rope_dtype)
         else:
             check_patch_stride(patch_stride, patch, height, width)
             proj = self.patch_embed.proj
@@ -216,16 +284,30 @@ class DinoV3VisionTransformer(nn.Module):
             # Centres in patch units, j * s / P + 0.5, of an image H / P x W / P patches large: RoPE
             # evaluated where each overlapping patch lies (s = P gives the ordinary centres j + 0.5).
             step = patch_stride / patch
-            device, dtype = patches.device, self.rope_embed.periods.dtype
+            device = patches.device
+            dtype = self.rope_embed.periods.dtype if rope_dtype is None else rope_dtype
             centres_y = torch.arange(patches.shape[1], device=device, dtype=dtype) * step + 0.5
             centres_x = torch.arange(patches.shape[2], device=device, dtype=dtype) * step + 0.5
-            rope = self.rope_embed(centres_y, centres_x, (height / patch, width / patch))
+
+            def rope() -> RopeTables:
+                tables: RopeTables = self.rope_embed(centres_y, centres_x, (height / patch, width / patch),
+                                                     rope_dtype)
+                return tables
         batch, h, w, dim = patches.shape
-        cls = self.cls_token + 0 * self.mask_token  # as the official forward without masks
+        patches = patches.reshape(batch, h * w, dim)
+        if masks is None:
+            cls = self.cls_token + 0 * self.mask_token  # as the official forward without masks
+        else:
+            if masks.shape != (batch, h * w) or masks.dtype != torch.bool:
+                raise ValueError("masks must be a bool tensor of shape (images, patches) = "
+                                 f"{(batch, h * w)}, got {masks.dtype} {tuple(masks.shape)}")
+            mask_token = self.mask_token.to(patches.dtype).unsqueeze(0)
+            patches = torch.where(masks.unsqueeze(-1), mask_token, patches)
+            cls = self.cls_token
         prefix = [cls.expand(batch, -1, -1)]
         if self.storage_tokens is not None:
             prefix.append(self.storage_tokens.expand(batch, -1, -1))
-        return torch.cat([*prefix, patches.reshape(batch, h * w, dim)], dim=1), (h, w), rope
+        return torch.cat([*prefix, patches], dim=1), (h, w), rope
 
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
         """The eval-mode final norm(s): ``cls_norm`` for CLS + storage when untied, ``norm`` otherwise."""
@@ -252,12 +334,15 @@ class DinoV3VisionTransformer(nn.Module):
         """
         depth = len(self.blocks)
         wanted = selected_blocks(blocks, depth)
-        x, grid, rope = self.prepare_tokens(x, patch_stride)
+        x, grid, make_rope = self.embed_tokens(x, patch_stride)
+        rope = make_rope()
         attention = None
         intermediates = []
         for index, block in enumerate(self.blocks):
+            if index and self.rope_embed.augments:  # train mode: a new draw for every block
+                rope = make_rope()
             last_with_attention = cls_attention and index == depth - 1
-            x, row = block(x, rope, last_with_attention)
+            (x,), row = block([x], [rope], last_with_attention)
             if last_with_attention:
                 attention = row
             if index in wanted:
@@ -265,6 +350,13 @@ class DinoV3VisionTransformer(nn.Module):
         tokens = intermediates[-1] if wanted and wanted[-1] == depth - 1 else self.final_norm(x)
         return TokenOutput(tokens, grid, self.num_prefix_tokens, attention, intermediates,
                            [grid] * len(intermediates))
+
+    def forward_training(self, global_crops: torch.Tensor, local_crops: torch.Tensor | None = None, *,
+                         masks: torch.Tensor | None = None,
+                         rope_dtype: torch.dtype | None = OFFICIAL_TRAINING_ROPE_DTYPE) -> TrainingOutput:
+        """The official training forward (student, EMA teacher and Gram teacher alike): see
+        :func:`dinofeat.models.dinov3.training.forward_training`."""
+        return forward_training(self, global_crops, local_crops, masks=masks, rope_dtype=rope_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """CLS token after the final norm, (B, D)."""

@@ -13,6 +13,11 @@ the ordinary grid is ``centres = i + 0.5`` over an extent of ``h`` (or ``w``) pa
 The periods are a persistent buffer: a model loaded from a checkpoint uses the periods the
 file holds (the released checkpoints store bf16-rounded values) and casting the model to
 another dtype leaves them as they are.
+
+Training augments the coordinates (train mode only, the official order): a shift uniform in
+``[-s, s]`` added per axis, a jitter log-uniform in ``[1/j, j]`` multiplied per axis, a rescale
+log-uniform in ``[1/r, r]`` multiplying both axes; each is drawn from torch's generator in the
+RoPE dtype, anew on every call (the model calls once per block and crop group).
 """
 
 from __future__ import annotations
@@ -88,6 +93,32 @@ def normalized_coords(centres_y: torch.Tensor, centres_x: torch.Tensor, extent: 
     return 2.0 * coords.flatten(0, 1) - 1.0
 
 
+def augment_coords(coords: torch.Tensor, *, shift: float | None = None, jitter: float | None = None,
+                   rescale: float | None = None) -> torch.Tensor:
+    """Training-time augmentation of (n_patches, 2) coordinates, drawn in their dtype and device.
+
+    The draws, in this order, from torch's generator: ``shift`` two values uniform in ``[-s, s]``
+    (added, one per axis); ``jitter`` two values ``exp(uniform(-log j, log j))`` (multiplied, one per
+    axis); ``rescale`` one value ``exp(uniform(-log r, log r))`` (multiplying both axes). None skips
+    a step and draws nothing.
+
+    Example:
+        >>> coords = torch.zeros(3, 2) + 0.5
+        >>> bool(((augment_coords(coords, rescale=2.0) / coords) - 1).abs().max() < 1)
+        True
+    """
+    def draw(count: int, low: float, high: float) -> torch.Tensor:
+        return torch.empty(count, dtype=coords.dtype, device=coords.device).uniform_(low, high)
+
+    if shift is not None:
+        coords = coords + draw(2, -shift, shift)[None, :]
+    if jitter is not None:
+        coords = coords * draw(2, -math.log(jitter), math.log(jitter)).exp()[None, :]
+    if rescale is not None:
+        coords = coords * draw(1, -math.log(rescale), math.log(rescale)).exp()
+    return coords
+
+
 def rope_sin_cos(coords: torch.Tensor, periods: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sin, cos), each (n_patches, head_dim), for (n_patches, 2) coordinates."""
     angles = 2 * math.pi * coords[:, :, None] / periods[None, None, :]
@@ -112,6 +143,9 @@ def rotate_patches(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> tor
 class RopeEmbedding(nn.Module):
     """Holds the periods (persistent buffer ``periods``) and makes (sin, cos) for a patch layout.
 
+    In train mode the coordinates get the ``shift`` / ``jitter`` / ``rescale`` augmentation
+    (:func:`augment_coords`), a new draw per call; in eval mode never.
+
     Example:
         >>> rope = RopeEmbedding(head_dim=16, base=100.0)
         >>> [t.shape for t in rope.for_grid(2, 3)]
@@ -122,11 +156,13 @@ class RopeEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, *, base: float | None = 100.0, min_period: float | None = None,
                  max_period: float | None = None, normalize: Normalize = "separate",
-                 dtype: Literal["fp32", "fp16", "bf16"] = "fp32") -> None:
+                 dtype: Literal["fp32", "fp16", "bf16"] = "fp32", shift: float | None = None,
+                 jitter: float | None = None, rescale: float | None = None) -> None:
         super().__init__()
         if head_dim % 4:
             raise ValueError(f"RoPE needs a head width divisible by 4, got {head_dim}")
         self.normalize: Normalize = normalize
+        self.shift, self.jitter, self.rescale = shift, jitter, rescale
         periods = rope_periods(head_dim, base=base, min_period=min_period, max_period=max_period)
         self.register_buffer("periods", periods.to(_DTYPES[dtype]), persistent=True)
 
@@ -140,15 +176,28 @@ class RopeEmbedding(nn.Module):
             self.periods = kept
         return self
 
-    def forward(self, centres_y: torch.Tensor, centres_x: torch.Tensor, extent: tuple[float, float]
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sin, cos) for patches at the given centres (patch units) of an image ``extent`` patches large."""
-        coords = normalized_coords(centres_y.to(self.periods.dtype), centres_x.to(self.periods.dtype), extent,
-                                   self.normalize)
-        return rope_sin_cos(coords, self.periods)
+    @property
+    def augments(self) -> bool:
+        """Whether a call draws random coordinate augmentations (train mode with any of them set)."""
+        return self.training and any(v is not None for v in (self.shift, self.jitter, self.rescale))
 
-    def for_grid(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sin, cos) of the ordinary ``h x w`` patch grid."""
-        centres_y, centres_x = grid_centres(h, w, device=self.periods.device, dtype=self.periods.dtype)
-        tables: tuple[torch.Tensor, torch.Tensor] = self(centres_y, centres_x, (h, w))
+    def forward(self, centres_y: torch.Tensor, centres_x: torch.Tensor, extent: tuple[float, float],
+                dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sin, cos) for patches at the given centres (patch units) of an image ``extent`` patches large.
+
+        ``dtype``: compute the coordinates, angles and tables in this dtype (the periods cast to it);
+        None: in the dtype of the periods buffer.
+        """
+        periods = self.periods if dtype is None else self.periods.to(dtype)
+        coords = normalized_coords(centres_y.to(periods.dtype), centres_x.to(periods.dtype), extent,
+                                   self.normalize)
+        if self.augments:
+            coords = augment_coords(coords, shift=self.shift, jitter=self.jitter, rescale=self.rescale)
+        return rope_sin_cos(coords, periods)
+
+    def for_grid(self, h: int, w: int, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sin, cos) of the ordinary ``h x w`` patch grid (``dtype`` as in :meth:`forward`)."""
+        compute = self.periods.dtype if dtype is None else dtype
+        centres_y, centres_x = grid_centres(h, w, device=self.periods.device, dtype=compute)
+        tables: tuple[torch.Tensor, torch.Tensor] = self(centres_y, centres_x, (h, w), compute)
         return tables
