@@ -284,8 +284,7 @@ class DinoV3VisionTransformer(nn.Module):
             # Centres in patch units, j * s / P + 0.5, of an image H / P x W / P patches large: RoPE
             # evaluated where each overlapping patch lies (s = P gives the ordinary centres j + 0.5).
             step = patch_stride / patch
-            device = patches.device
-            dtype = self.rope_embed.periods.dtype if rope_dtype is None else rope_dtype
+            device, dtype = patches.device, self.rope_embed.periods.dtype
             centres_y = torch.arange(patches.shape[1], device=device, dtype=dtype) * step + 0.5
             centres_x = torch.arange(patches.shape[2], device=device, dtype=dtype) * step + 0.5
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dinofeat.training.objectives.dino.head import _init_linear  # the same initialisation as DINO's head
+
 
 def head_mlp(in_dim: int, hidden_dim: int, bottleneck_dim: int, nlayers: int, *, use_bn: bool = False,
              bias: bool = True) -> nn.Module:
@@ -67,9 +69,3 @@ class DINOv3Head(nn.Module):
         out: torch.Tensor = self.last_layer(x)
         return out
 
-
-def _init_linear(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)

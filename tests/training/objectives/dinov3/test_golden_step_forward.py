@@ -74,3 +74,12 @@ def test_fp32_rope_is_not_what_official_training_computes():
         diff = (ours[name.removeprefix("intermediate.")] - ref[name]).abs().max().item()
         assert abs(diff - expected) <= 0.1 * expected, (name, diff, expected)
         assert diff > 5 * BF16_ROPE_RTOL * ref[name].abs().max().item()  # the bf16 bound tells them apart
+
+
+def test_weights_after_the_step_load_strictly_too():
+    before, after = load_step_models(), load_step_models("after")
+    assert after.gram_teacher is after.teacher  # refreshed from the EMA teacher after this step
+    for role in ("student", "teacher"):
+        old, new = getattr(before, role).state_dict(), getattr(after, role).state_dict()
+        assert old.keys() == new.keys() and not torch.equal(old["cls_token"], new["cls_token"])
+    assert after.heads.keys() == before.heads.keys()
