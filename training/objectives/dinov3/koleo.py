@@ -73,9 +73,9 @@ def koleo_loss_distributed(x: torch.Tensor, *, topk: int = 1, group_size: int | 
         eps: The normalisation, distance and log epsilon (1e-8).
 
     Returns:
-        This rank's loss. Its gradient reaches the other ranks' rows through the gather: summed over
-        ranks (as a data-parallel mean of the ranks' losses then averages), it is the gradient of the
-        mean of all ranks' losses times the world size.
+        This rank's loss. The gradient flows to the other ranks' rows through the gather: after every
+        rank's backward, each rank's rows hold the gradient of the sum of all ranks' losses (the
+        data-parallel gradient average then makes it that of their mean).
     """
     x = F.normalize(x, p=2.0, dim=-1, eps=eps)
     if dist.is_available() and dist.is_initialized():
