@@ -3,6 +3,7 @@
 Examples::
 
     dinofeat-train train --preset imagenette_tiny --data /data/imagenette2/train --output-dir runs/tiny
+    dinofeat-train train --preset dinov2_imagenette_tiny --data /data/imagenette2/train --output-dir runs/v2
     torchrun --nproc_per_node 8 -m dinofeat.training train --preset vit_s16_100ep --data /imagenet/train
     dinofeat-train export runs/tiny/checkpoint.pth exported/tiny --eval knn_top1=61.3
     dinofeat-train stats /data/bands --channels 5 --stretch arcsinh -o bands.json
@@ -23,10 +24,34 @@ from dinofeat.utils.distributed import shutdown
 from dinofeat.utils.errors import DinofeatError
 
 
+_TRAIN_DESCRIPTION = """\
+Train a backbone by self-distillation on a folder of images (or band files).
+
+Objectives (objective.name):
+  dino    DINO (the default): cross-entropy between the teacher's centred, sharpened
+          global crops and every other student crop.
+  dinov2  DINOv2: the DINO loss on the CLS token, the iBOT loss on masked patch tokens of
+          the global crops, and KoLeo on the student's CLS, as the official training step.
+          Its settings: objective.centering (softmax | sinkhorn_knopp),
+          objective.{dino,koleo,ibot}_weight, objective.ibot_separate_head and
+          objective.ibot_{out,hidden,bottleneck}_dim, objective.mask_probability,
+          objective.mask_ratio, objective.freeze_backbone_epochs (continued pretraining),
+          model.num_register_tokens, model.drop_path_uniform; optim.lr is then the base lr
+          of a total batch of 1024 (square-root rule), optim.layer_decay /
+          optim.patch_embed_lr_mult the layer-wise lr, optim.clip_grad clips each of
+          backbone, DINO head, iBOT head, optim.freeze_last_layer sets the last layers' lr to 0.
+
+Presets: dino: vit_s16_100ep, vit_s16_300ep, vit_b16, resnet50_sgd, imagenette_tiny (CPU),
+imagenette_gpu; dinov2: dinov2_vits14, dinov2_vits14_reg4 (GPUs), dinov2_imagenette_tiny (CPU).
+Continued pretraining: --set model.init=NAME|FOLDER|FILE.pth. See docs/training.md.
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dinofeat-train", description="DINO self-distillation training")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    train = sub.add_parser("train", help="train (single process, or one process per device under torchrun)")
+    train = sub.add_parser("train", help="train (single process, or one process per device under torchrun)",
+                           description=_TRAIN_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("--preset", choices=sorted(PRESETS), help="start from a recipe")
     train.add_argument("--config", help="YAML or JSON file of {section: {key: value}}")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",

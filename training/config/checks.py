@@ -61,6 +61,7 @@ def config_problems(cfg: TrainConfig) -> list[str]:
     if not 0 <= loss.center_momentum <= 1:  # 1 keeps the centre at zero: no centring (paper ablation)
         problems.append(f"loss.center_momentum must lie in [0, 1], got {loss.center_momentum}")
     problems += _own_data_problems(cfg)
+    problems += _objective_problems(cfg)
     if not 0 <= cfg.model.drop_path_rate < 1:
         problems.append(f"model.drop_path_rate must lie in [0, 1), got {cfg.model.drop_path_rate}")
     for name, (low, high) in (("crops.global_scale", c.global_scale), ("crops.local_scale", c.local_scale)):
@@ -100,6 +101,46 @@ def _own_data_problems(cfg: TrainConfig) -> list[str]:
                "model.patch_embed_adapt": (cfg.model.patch_embed_adapt, ("repeat", "average"))}
     problems += [f"{k} must be one of {', '.join(allowed)}, got {v!r}"
                  for k, (v, allowed) in choices.items() if v not in allowed]
+    return problems
+
+
+def _objective_problems(cfg: TrainConfig) -> list[str]:
+    """Range checks of the objective section (DINOv2's settings)."""
+    ob, h = cfg.objective, cfg.head
+    problems = [f"{k} must be one of {', '.join(allowed)}, got {v!r}"
+                for k, (v, allowed) in {"objective.name": (ob.name, ("dino", "dinov2")),
+                                        "objective.centering": (ob.centering, ("softmax", "sinkhorn_knopp"))
+                                        }.items() if v not in allowed]
+    low, high = ob.mask_ratio
+    if not 0 <= low <= high <= 1:
+        problems.append(f"objective.mask_ratio must be (low, high) with 0 <= low <= high <= 1, "
+                        f"got {(low, high)}")
+    if not 0 <= ob.mask_probability <= 1:
+        problems.append(f"objective.mask_probability must lie in [0, 1], got {ob.mask_probability}")
+    problems += [f"objective.{k} must be >= 0, got {v}" for k, v in
+                 {"dino_weight": ob.dino_weight, "koleo_weight": ob.koleo_weight,
+                  "ibot_weight": ob.ibot_weight,
+                  "freeze_backbone_epochs": ob.freeze_backbone_epochs}.items() if v < 0]
+    problems += [f"objective.{k} must be >= 1 or null, got {v}" for k, v in
+                 {"ibot_out_dim": ob.ibot_out_dim, "ibot_hidden_dim": ob.ibot_hidden_dim,
+                  "ibot_bottleneck_dim": ob.ibot_bottleneck_dim}.items() if v is not None and v < 1]
+    if not ob.ibot_separate_head:
+        shared = {"ibot_out_dim": (ob.ibot_out_dim, h.out_dim),
+                  "ibot_hidden_dim": (ob.ibot_hidden_dim, h.hidden_dim),
+                  "ibot_bottleneck_dim": (ob.ibot_bottleneck_dim, h.bottleneck_dim)}
+        problems += [f"objective.{k}={v} differs from head.{k.removeprefix('ibot_')}={ours}, but the iBOT "
+                     "head is the DINO head (objective.ibot_separate_head=false): set them equal, or "
+                     "objective.ibot_separate_head=true" for k, (v, ours) in shared.items()
+                     if v is not None and v != ours]
+    if ob.name == "dinov2" and ob.centering == "sinkhorn_knopp" and cfg.optim.batch_size_per_gpu < 2:
+        problems.append(
+            f"objective.centering=sinkhorn_knopp needs optim.batch_size_per_gpu >= 2, got "
+            f"{cfg.optim.batch_size_per_gpu}: it spreads the batch evenly over the prototypes, and with one "
+            "image the only rows to spread are the two views of that image, which it pushes apart; use "
+            "objective.centering=softmax or a larger batch")
+    if cfg.model.num_register_tokens is not None and cfg.model.num_register_tokens < 0:
+        problems.append(f"model.num_register_tokens must be >= 0 or null, "
+                        f"got {cfg.model.num_register_tokens}")
     return problems
 
 

@@ -22,6 +22,7 @@ from dinofeat.models.resnet.config import ResNetConfig
 from dinofeat.models.vit.config import ViTConfig
 from dinofeat.registry import ZOO, get_spec
 from dinofeat.training.config.checks import check_config
+from dinofeat.training.config.presets import PRESETS
 from dinofeat.utils.extras import require
 
 
@@ -39,6 +40,37 @@ class ModelConfig:
     init: str | None = None
     patch_embed_adapt: Literal["repeat", "average"] = "repeat"
     distill_teacher: str | None = None  # `dinofeat-train distill --teacher` (training.engine.distill)
+    # The same drop-path rate in every block (DINOv2's drop_path_uniform) instead of rising linearly to it.
+    drop_path_uniform: bool = False
+    # DINOv2 register tokens of a ViT (None: as model.arch / model.init has them). With model.init it must
+    # match the initial weights: registers cannot be added to a network trained without them.
+    num_register_tokens: int | None = None
+
+
+@dataclass
+class ObjectiveConfig:
+    """What is optimised: ``dino`` (DINO, arXiv:2104.14294) or ``dinov2`` (arXiv:2304.07193: the DINO loss on
+    the CLS token, the iBOT loss on masked patch tokens of the global crops, KoLeo on the student's CLS;
+    dinofeat.training.objectives.dinov2). Every other field applies to dinov2 only."""
+
+    name: Literal["dino", "dinov2"] = "dino"
+    # Teacher targets: "softmax" around an EMA centre (loss.center_momentum) or "sinkhorn_knopp".
+    centering: Literal["softmax", "sinkhorn_knopp"] = "softmax"
+    dino_weight: float = 1.0
+    koleo_weight: float = 0.1
+    ibot_weight: float = 1.0
+    # iBOT head: shared with the DINO head (false, the default recipe) or its own; its sizes default to the
+    # head section's, and a shared head needs the same number of prototypes.
+    ibot_separate_head: bool = False
+    ibot_out_dim: int | None = None
+    ibot_hidden_dim: int | None = None
+    ibot_bottleneck_dim: int | None = None
+    # Share of the global-crop images that get an iBOT mask, and the range of their mask ratios.
+    mask_probability: float = 0.5
+    mask_ratio: tuple[float, float] = (0.1, 0.5)
+    # Continued pretraining: the backbone's lr is 0 for this many epochs while the fresh heads learn
+    # (AdamW's moments advance, as for the frozen last layer).
+    freeze_backbone_epochs: int = 0
 
 
 @dataclass
@@ -155,6 +187,7 @@ class RunConfig:
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -168,58 +201,6 @@ class TrainConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
-
-
-_PAPER_TEMPS = {"loss.teacher_temp": 0.07, "loss.warmup_teacher_temp_epochs": 30}
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # README "ViT-S/16 100 epochs" (1 node x 8 GPUs x 64 = total batch 512).
-    "vit_s16_100ep": {"model.arch": "vit_small", "model.patch_size": 16, "run.epochs": 100, **_PAPER_TEMPS},
-    # README boosted recipe: 300 epochs, teacher temp 0.07 after 30 warm-up epochs, free last layer.
-    "vit_s16_300ep": {"model.arch": "vit_small", "model.patch_size": 16, "run.epochs": 300,
-                      "head.norm_last_layer": False, **_PAPER_TEMPS},
-    # ViT-B/16: the paper temperatures, norm_last_layer True (README advice for ViT-B), other defaults.
-    "vit_b16": {"model.arch": "vit_base", "model.patch_size": 16, "head.norm_last_layer": True,
-                **_PAPER_TEMPS},
-    # README ResNet-50 recipe.
-    "resnet50_sgd": {"model.arch": "resnet50", "optim.optimizer": "sgd", "optim.lr": 0.03,
-                     "optim.weight_decay": 1e-4, "optim.weight_decay_end": 1e-4,
-                     "crops.global_scale": (0.14, 1.0), "crops.local_scale": (0.05, 0.14)},
-    # Small data on CPU: the recipe of dinofeat's bundled model (Imagenette, 12 epochs, ~1 h on 2 cores).
-    # The last head layer stays at its random initialisation for the whole run: at batch 32, freeing it
-    # after the first epoch sent the teacher back to near-uniform outputs (loss 6.0 -> 7.8, ln 4096 = 8.3)
-    # and the 20-NN stalled; kept frozen, the loss keeps falling and the 20-NN keeps rising.
-    "imagenette_tiny": {
-        "model.arch": {"patch_size": 16, "embed_dim": 192, "depth": 4, "num_heads": 3, "img_size": 96},
-        "model.drop_path_rate": 0.0,
-        "head.out_dim": 4096, "head.hidden_dim": 1024, "head.bottleneck_dim": 128,
-        "head.norm_last_layer": True,
-        "loss.teacher_temp": 0.04, "loss.warmup_teacher_temp_epochs": 0,
-        "optim.momentum_teacher": 0.99, "optim.lr": 0.002, "optim.batch_size_per_gpu": 32,
-        "optim.warmup_epochs": 1, "optim.clip_grad": 3.0, "optim.freeze_last_layer": 12,
-        "crops.global_size": 96, "crops.local_size": 48, "crops.local_crops_number": 4,
-        "crops.global_scale": (0.25, 1.0), "crops.local_scale": (0.05, 0.25),
-        "data.cache_size": 110, "data.num_workers": 1, "run.epochs": 12, "run.precision": "fp32",
-        "run.saveckp_freq": 2, "run.log_every": 20,
-    },
-    # The candidate for the bundled model on one GPU (bench/gpu_session.py): ViT-T/8, 12 blocks, on a
-    # 128-px copy of Imagenette (bench/make_small_imagenette.py), fp16-exported it stays under 12 MiB. The
-    # last head layer stays frozen for the whole run, as in imagenette_tiny (the driver sets
-    # optim.freeze_last_layer to run.epochs).
-    "imagenette_gpu": {
-        "model.arch": {"patch_size": 8, "embed_dim": 192, "depth": 12, "num_heads": 3, "img_size": 112},
-        "model.drop_path_rate": 0.1,
-        "head.out_dim": 4096, "head.hidden_dim": 2048, "head.bottleneck_dim": 256,
-        "head.norm_last_layer": True,
-        "loss.teacher_temp": 0.04, "loss.warmup_teacher_temp_epochs": 0,
-        "optim.momentum_teacher": 0.99, "optim.lr": 0.001, "optim.batch_size_per_gpu": 128,
-        "optim.warmup_epochs": 10, "optim.clip_grad": 3.0, "optim.freeze_last_layer": 100,
-        "crops.global_size": 112, "crops.local_size": 48, "crops.local_crops_number": 8,
-        "crops.global_scale": (0.25, 1.0), "crops.local_scale": (0.05, 0.25),
-        "data.num_workers": 14, "run.epochs": 100, "run.precision": "bf16", "run.saveckp_freq": 0,
-        "run.log_every": 20,
-    },
-}
 
 
 def _parse_value(text: str) -> Any:
@@ -350,8 +331,15 @@ def build_arch(model: ModelConfig) -> ArchConfig:
 
 
 def training_arch(cfg: TrainConfig) -> ArchConfig:
-    """The backbone the trainer builds: ``model.arch`` with ``in_chans = data.channels`` for bands."""
+    """The backbone the trainer builds: ``model.arch`` with ``in_chans = data.channels`` for bands and
+    ``model.num_register_tokens``."""
     arch = build_arch(cfg.model)
+    registers = cfg.model.num_register_tokens
+    if registers is not None and registers != getattr(arch, "num_register_tokens", 0):
+        if not isinstance(arch, ViTConfig):
+            raise ValueError(f"model.num_register_tokens={registers}: only ViTs have register tokens")
+        # From scratch, the official DINOv2 layout: positions for CLS and the patches, none for registers.
+        arch = dataclasses.replace(arch, num_register_tokens=registers, pos_embed_has_cls=True)
     if cfg.data.channels is None:
         return arch
     try:

@@ -92,14 +92,29 @@ def collapse_stats(
     """
     teacher = teacher_out.float()
     probs = F.softmax((teacher - center.float()) / teacher_temp, dim=-1)
-    student_log = F.log_softmax(student_out[: len(teacher)].float() / student_temp, dim=-1)
-    return {
+    return target_stats(probs, student_out[: len(teacher)], student_temp, center)
+
+
+@torch.no_grad()
+def target_stats(probs: torch.Tensor, student_out: torch.Tensor, student_temp: float,
+                 center: torch.Tensor | None = None, prefix: str = "") -> dict[str, float]:
+    """:func:`collapse_stats` of given teacher targets ``probs`` (B, K) against the student's outputs for the
+    same rows (B, K); ``prefix`` names another set (``"patch_"``: DINOv2's iBOT targets).
+
+    Example:
+        >>> stats = target_stats(torch.full((2, 4), 0.25), torch.zeros(2, 4), 0.1, prefix="patch_")
+        >>> round(stats["patch_effective_dims"], 3)
+        4.0
+    """
+    student_log = F.log_softmax(student_out.float() / student_temp, dim=-1)
+    stats = {
         "teacher_entropy": float(row_entropy(probs)),
         "kl_teacher_student": float(kl_divergence(probs, student_log)),
-        "center_norm": float(center.float().norm()),
+        "center_norm": float(center.float().norm()) if center is not None else 0.0,
         "effective_dims": float(effective_dimensions(probs)),
         "top_dim_mass": float(top_dimension_mass(probs)),
     }
+    return {prefix + key: value for key, value in stats.items()}
 
 
 ADVICE = {
@@ -146,15 +161,19 @@ class CollapseDetector:
     out_dim: int
     window: int
     patience: int = 3
+    prefix: str = ""  # "patch_": watch DINOv2's iBOT targets (target_stats(..., prefix="patch_"))
     warned: bool = False
     _sums: dict[str, float] = field(default_factory=dict)
     _count: int = 0
     _streak: tuple[str | None, int] = (None, 0)
 
     def observe(self, stats: dict[str, float]) -> str | None:
-        """Add one iteration's statistics; the warning text the first time collapse is confirmed."""
+        """Add one iteration's statistics; the warning text the first time collapse is confirmed. An
+        iteration without this detector's statistics (no masked patch) is not counted."""
+        if self.prefix + "teacher_entropy" not in stats:
+            return None
         for key in ("teacher_entropy", "top_dim_mass", "effective_dims"):
-            self._sums[key] = self._sums.get(key, 0.0) + stats[key]
+            self._sums[key] = self._sums.get(key, 0.0) + stats[self.prefix + key]
         self._count += 1
         if self._count < self.window:
             return None
@@ -168,4 +187,5 @@ class CollapseDetector:
         self.warned = True
         text = ADVICE[mode].format(mass=mean["top_dim_mass"], k=self.out_dim, dims=mean["effective_dims"],
                                    entropy=mean["teacher_entropy"], log_k=math.log(self.out_dim))
-        return f"collapse: {text} ({self.patience} windows of {self.window} iterations in a row)"
+        where = " of the masked patch tokens (iBOT)" if self.prefix else ""
+        return f"collapse{where}: {text} ({self.patience} windows of {self.window} iterations in a row)"

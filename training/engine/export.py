@@ -20,13 +20,16 @@ from dinofeat.training.config.train_config import (
 from dinofeat.training.engine.checkpoint import load_checkpoint
 from dinofeat.utils.errors import HubUploadError
 
+_RECIPES = {"dino": "DINO self-distillation (arXiv:2104.14294)",
+            "dinov2": "DINOv2 (DINO + iBOT + KoLeo, arXiv:2304.07193)"}
+
 
 def _model_card(name: str, cfg: TrainConfig, evaluation: dict[str, Any] | None, epoch: int) -> str:
     lines = [
         "---", "library_name: dinofeat", "tags: [dino, self-supervised, image-feature-extraction]", "---",
         f"# {name}", "",
-        f"Teacher backbone of a DINO self-distillation run (arXiv:2104.14294), after {epoch} epoch(s), "
-        "trained with `dinofeat-train`.", "",
+        f"Teacher backbone of a {_RECIPES[cfg.objective.name]} run, after {epoch} epoch(s), trained with "
+        "`dinofeat-train`.", "",
         "```python", "import dinofeat", f"model = dinofeat.load({name!r})  # or the folder path",
         "features = model.embed(images)", "```", "",
     ]
@@ -76,7 +79,9 @@ def export_teacher(
 
         ckpt["teacher"] = full_state(Path(checkpoint), ckpt)["teacher"]
     network = ckpt.get("export_key", "teacher")  # a distillation checkpoint exports its student
-    state = {k[len(prefix):]: v for k, v in ckpt[network].items() if k.startswith(prefix)}
+    # DINOv2's iBOT mask token is a training-only parameter: the exported backbone has none.
+    state = {k[len(prefix):]: v for k, v in ckpt[network].items()
+             if k.startswith(prefix) and k != f"{prefix}mask_token"}
     load_state_dict_strict(backbone, state, origin=f"{checkpoint} ({network} backbone)")
     out = Path(output_dir)
     name = name or out.name

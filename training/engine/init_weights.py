@@ -74,9 +74,20 @@ def resolve_init_arch(cfg: TrainConfig) -> TrainConfig:
         return cfg
     arch = source_arch(cfg.model.init)
     if arch is not None:
+        _check_registers(cfg, int(getattr(arch, "num_register_tokens", 0)))
         # The training-time fields come from the run (data.channels, model.drop_path_rate).
         cfg.model.arch = {k: v for k, v in arch.to_dict().items() if k not in ("in_chans", "drop_path_rate")}
     return cfg
+
+
+def _check_registers(cfg: TrainConfig, have: int) -> None:
+    wanted = cfg.model.num_register_tokens
+    if wanted is not None and wanted != have:
+        raise ValueError(
+            f"model.num_register_tokens={wanted}, but model.init {cfg.model.init} has "
+            f"{have or 'no'} register tokens: registers cannot be added to or removed from trained weights. "
+            "Leave model.num_register_tokens unset (the initial weights decide), or start from a model "
+            "trained with them (e.g. a *_reg4 model)")
 
 
 def _init_state(cfg: TrainConfig) -> tuple[dict[str, torch.Tensor], Any]:
@@ -88,6 +99,8 @@ def _init_state(cfg: TrainConfig) -> tuple[dict[str, torch.Tensor], Any]:
     arch = build_arch(cfg.model)
     family = family_of(arch)
     state = backbone_from_checkpoint(raw)
+    if "pos_embed" in state:  # a ViT's weights: do they have registers?
+        _check_registers(cfg, int(state["register_tokens"].shape[1]) if "register_tokens" in state else 0)
     if family.input_weight in state:
         # The file's own channel count, so that its input convolution converts before adaptation.
         arch = with_training_fields(arch, family, in_chans=int(state[family.input_weight].shape[1]))
@@ -113,9 +126,15 @@ def load_init_weights(cfg: TrainConfig, student: nn.Module, teacher: nn.Module) 
         rule = cfg.model.patch_embed_adapt
         info["patch_embed_adapted"] = f"{rule}: {have} -> {channels} channels"
         state = {**state, key: adapt_patch_embed(state[key], channels, rule)}
+    if "mask_token" in target and "mask_token" not in state:
+        # DINOv2's iBOT mask token: the released one where the file has it (official .pth), else zeros.
+        released = backbone_from_checkpoint(raw).get("mask_token") if isinstance(raw, dict) else None
+        state = {**state, "mask_token": target["mask_token"] if released is None else released.reshape(1, -1)}
     for name, wrapper in (("student", student), ("teacher", teacher)):
         load_state_dict_strict(wrapper.backbone, state, origin=f"model.init {cfg.model.init} ({name})")  # type: ignore[arg-type]
-    if isinstance(raw, dict) and all(isinstance(raw.get(name), dict) for name in ("student", "teacher")):
+    official_heads = all(isinstance(raw.get(name), dict) for name in ("student", "teacher")) if isinstance(
+        raw, dict) else False
+    if official_heads and hasattr(student, "head"):  # DINOv2's heads always start fresh
         for name, wrapper in (("student", student), ("teacher", teacher)):
             heads = {k.removeprefix("module.").removeprefix("head."): v for k, v in raw[name].items()
                      if k.removeprefix("module.").startswith("head.")}

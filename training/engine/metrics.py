@@ -39,6 +39,11 @@ class MetricsWriter:
         if "teacher_entropy" in record:
             guard = (f" | H {record['teacher_entropy']:.2f} KL {record['kl_teacher_student']:.2f} "
                      f"dims {record['effective_dims']:.0f} |c| {record['center_norm']:.2f}")
+        if "ibot_loss" in record:  # DINOv2: the terms as the official code reports them
+            guard = (f" | dino {record['dino_local_crops_loss'] + record['dino_global_crops_loss']:.3f} "
+                     f"ibot {record['ibot_loss']:.3f} koleo {record['koleo_loss']:.3f}{guard}")
+            if "patch_teacher_entropy" in record:
+                guard += f" patch H {record['patch_teacher_entropy']:.2f}"
         if "collapse_warning" in record:
             guard += " | COLLAPSE WARNING (see above)"
         _log.info(

@@ -12,6 +12,8 @@ depends on is derived from ``run.seed`` and the position in the run:
 - the step's own randomness (the student's drop-path): per iteration and rank, seeded with
   ``(run.seed, iteration, rank)`` inside :func:`iteration_rng`, which forks the global generator, so the
   step neither depends on nor advances it;
+- DINOv2's iBOT masks: a ``random.Random`` per iteration and rank seeded from
+  ``iteration_seed(run.seed, iteration, rank, MASK_STREAM)``;
 - the DataLoader's base seed for its workers: a generator of its own (:func:`loader_generator`), so
   creating a loader iterator never advances the global generator. (The workers' own seeds do not reach the
   data: augmentation is seeded per sample.)
@@ -29,16 +31,17 @@ import numpy as np
 import torch
 
 _STEP_STREAM = 1  # keeps the step's seeds apart from other (seed, a, b) streams
+MASK_STREAM = 2  # DINOv2's iBOT masks
 
 
-def iteration_seed(seed: int, iteration: int, rank: int) -> int:
-    """A 63-bit seed that depends only on (run seed, global iteration, rank).
+def iteration_seed(seed: int, iteration: int, rank: int, stream: int = _STEP_STREAM) -> int:
+    """A 63-bit seed that depends only on (run seed, global iteration, rank) and the stream.
 
     Example:
         >>> iteration_seed(0, 5, 0) == iteration_seed(0, 5, 0) != iteration_seed(0, 5, 1)
         True
     """
-    words = np.random.SeedSequence([seed, _STEP_STREAM, iteration, rank]).generate_state(2, np.uint64)
+    words = np.random.SeedSequence([seed, stream, iteration, rank]).generate_state(2, np.uint64)
     return int(words[0] >> np.uint64(1))
 
 

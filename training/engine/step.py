@@ -106,7 +106,7 @@ def training_param_groups(cfg: TrainConfig, model: nn.Module) -> list[dict[str, 
                                     family.layer_of_parameter)
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
+def unwrap(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, DistributedDataParallel) else module
 
 
@@ -131,15 +131,9 @@ class DinoStep:
         loss_cfg = cfg.loss
         self.loss_fn = DINOLoss(cfg.head.out_dim, n_crops, loss_cfg.student_temp, loss_cfg.center_momentum)
         self.loss_fn.to(device)
-        self.optimizer = build_optimizer(cfg.optim.optimizer, training_param_groups(cfg, _unwrap(student)))
-        self.precision = _resolve_precision(cfg.run.precision, device)
+        self.optimizer = build_optimizer(cfg.optim.optimizer, training_param_groups(cfg, unwrap(student)))
+        self.precision = resolve_precision(cfg.run.precision, device)
         self.scaler = torch.amp.GradScaler(device.type) if self.precision == "fp16" else None
-
-    def _autocast(self) -> Any:
-        if self.precision == "fp32":
-            return nullcontext()
-        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
-        return torch.autocast(self.device.type, dtype=dtype)
 
     def __call__(self, crops: list[torch.Tensor], it: int, epoch: int) -> dict[str, float]:
         """Run global iteration ``it`` (of epoch ``epoch``) on a list of crop batches.
@@ -159,7 +153,7 @@ class DinoStep:
             if group.get("apply_wd", index == 0):  # only regularised groups get weight decay
                 group["weight_decay"] = wd
         crops = [c.to(self.device, non_blocking=True) for c in crops]
-        with self._autocast():
+        with autocast(self.precision, self.device):
             teacher_out = self.teacher(crops[:2])
             student_out = self.student(crops)
             stats = collapse_stats(teacher_out, student_out, self.loss_fn.center, temp,
@@ -172,7 +166,7 @@ class DinoStep:
                 "is intact. Try run.precision=fp32 or bf16, a lower optim.lr, or a smaller head.out_dim."
             )
         self._backward_and_step(loss, epoch)
-        ema_update(self.teacher, _unwrap(self.student), momentum)
+        ema_update(self.teacher, unwrap(self.student), momentum)
         return {"loss": loss_value, "lr": lr, "wd": wd, "momentum": momentum, "teacher_temp": temp, **stats}
 
     def _backward_and_step(self, loss: torch.Tensor, epoch: int) -> None:
@@ -193,7 +187,15 @@ class DinoStep:
             self.optimizer.step()
 
 
-def _resolve_precision(precision: str, device: torch.device) -> str:
+def autocast(precision: str, device: torch.device) -> Any:
+    """The forward's autocast context of a resolved precision (none for fp32)."""
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "fp16" if device.type == "cuda" else "fp32"
     if precision not in {"fp32", "fp16", "bf16"}:

@@ -46,12 +46,17 @@ from dinofeat.training.engine.checkpoint import (
     load_checkpoint,
     restore_rng_state,
 )
-from dinofeat.training.engine.collapse import CollapseDetector
 from dinofeat.training.engine.init_weights import load_init_weights, resolve_init_arch
 from dinofeat.training.engine.metrics import MetricsWriter
+from dinofeat.training.engine.objective import (
+    build_networks,
+    build_step,
+    collapse_detectors,
+    load_loss_state,
+    network_settings,
+)
 from dinofeat.training.engine.preemption import RunControl, ignore_preemption_signals
 from dinofeat.training.engine.rng import iteration_rng, loader_generator
-from dinofeat.training.engine.step import DinoStep, Schedules, build_student_teacher
 from dinofeat.training.objectives.dino.head import official_head_keys_to_parametrized
 from dinofeat.utils.distributed import DistInfo, barrier, init_distributed
 
@@ -96,6 +101,9 @@ def _check_same_network(saved: dict[str, Any], current: dict[str, Any], origin: 
                for section in ("model", "head") for key, value in current[section].items()
                if key in saved.get(section, {}) and key not in ("drop_path_rate", "init")
                and (saved_value := saved[section][key]) != value]
+    saved_objective, objective = network_settings(saved), network_settings(current)
+    changed += [f"objective.{key}: {value!r} there, {objective[key]!r} now"
+                for key, value in saved_objective.items() if value != objective[key]]
     if saved.get("data", {}).get("channels") != current["data"]["channels"]:
         changed.append(f"data.channels: {saved.get('data', {}).get('channels')!r} there, "
                        f"{current['data']['channels']!r} now")
@@ -148,7 +156,7 @@ class Trainer:
                 f"per process "
                 f"({self.dist.world_size} processes); lower optim.batch_size_per_gpu"
             )
-        student, self.teacher, self.arch = build_student_teacher(cfg)
+        student, self.teacher, self.arch = build_networks(cfg)
         device = self.dist.device
         student, self.teacher = student.to(device), self.teacher.to(device)
         self.fsdp = cfg.run.strategy == "fsdp"
@@ -157,12 +165,10 @@ class Trainer:
         self.teacher.load_state_dict(self.student_module.state_dict(), strict=True)
         if cfg.model.init is not None:  # every rank reads the same weights: no broadcast needed
             self.init_info = load_init_weights(cfg, self.student_module, self.teacher)
-        schedules = Schedules.from_config(cfg, self.iters_per_epoch, self.dist.world_size)
-        self.step = DinoStep(cfg, self.student, self.teacher, schedules, device)
+        self.step = build_step(cfg, self.student, self.teacher, self.iters_per_epoch, self.dist)
         self.device_crops = DeviceMultiCrop(crop_kinds_of(cfg), device)
         self.metrics = MetricsWriter(self.output_dir, enabled=self.dist.is_main)
-        self.collapse = CollapseDetector(cfg.head.out_dim, cfg.run.collapse_window or self.iters_per_epoch,
-                                         cfg.run.collapse_patience)
+        self.collapse = collapse_detectors(cfg, cfg.run.collapse_window or self.iters_per_epoch)
         self.control = RunControl(cfg.run.checkpoint_every, cfg.run.checkpoint_every_minutes, device)
         self.start_epoch = self.start_iter = 0
         self._maybe_resume()
@@ -231,6 +237,10 @@ class Trainer:
             WeightsMismatchError: weights that do not fit (an official checkpoint of another model).
         """
         official = ckpt.get("format") != "dinofeat-train"
+        if official and self.cfg.objective.name != "dino":
+            raise ValueError(f"{origin} is not a dinofeat checkpoint; objective.name="
+                             f"{self.cfg.objective.name} resumes dinofeat checkpoints only (start from "
+                             "released weights with model.init)")
         if not official:
             _check_same_network(json.loads(ckpt["config"]), self.cfg.to_dict(), origin)
         if self.fsdp != ("shards" in ckpt):
@@ -247,7 +257,7 @@ class Trainer:
             self._load_full_weights(ckpt, official, origin)
         if self.step.scaler is not None and ckpt.get("scaler"):
             self.step.scaler.load_state_dict(ckpt["scaler"])
-        self.step.loss_fn.load_state_dict({"center": ckpt["dino_loss"]["center"]}, strict=True)
+        load_loss_state(self.step, ckpt["dino_loss"])
         self.start_epoch, self.start_iter = int(ckpt["epoch"]), int(ckpt.get("iter_in_epoch", 0))
         if self.start_iter >= self.iters_per_epoch:
             raise ValueError(
@@ -357,7 +367,7 @@ class Trainer:
             record: dict[str, Any] = {"epoch": epoch, "iteration": it, "iter_in_epoch": index,
                       "iters_per_epoch": self.iters_per_epoch, **result,
                       "images_per_s": batch_images / elapsed, "data_time": data_time, "iter_time": elapsed}
-            warning = self.collapse.observe(result)
+            warning = "; ".join(w for d in self.collapse if (w := d.observe(result)) is not None) or None
             if warning is not None:
                 record["collapse_warning"] = warning
                 if self.dist.is_main:

@@ -24,7 +24,9 @@ class ViTConfig:
         layer_scale_init: Initial LayerScale value (DINOv2 uses 1e-5); ``None`` disables LayerScale.
         mlp: ``"gelu"`` for the standard MLP, ``"swiglu"`` for DINOv2-giant's packed SwiGLU.
         pos_embed_has_cls: Whether ``pos_embed`` has a row for the CLS token (DINO, DINOv2 without
-            registers) or covers the patches only (DINOv2 with registers, in timm's layout).
+            registers, and DINOv2 with registers as the official code trains them: registers inserted after
+            the positions, with none of their own) or covers the patches only (DINOv2 with registers in
+            timm's layout, the CLS position folded into ``cls_token``).
         interpolate_offset: The official ``+0.1`` of the position-embedding resampling; 0 resamples to a size.
         interpolate_antialias: Antialiased bicubic resampling (DINOv2 register models).
         drop_path_rate: Stochastic depth, used by the trainer's student only.

@@ -98,7 +98,7 @@ def _graph_pos_embed(vit: DinoVisionTransformer) -> Iterator[None]:
     def resample(image_hw: tuple[Any, Any], grid_hw: tuple[Any, Any]) -> torch.Tensor:
         assert vit.pos_embed is not None
         return graph_pos_embed(vit.pos_embed, image_hw=image_hw, grid_hw=grid_hw,
-                               num_prefix=0 if vit.no_embed_class else vit.num_prefix_tokens,
+                               num_prefix=vit.pos_embed_prefix,
                                offset=config.interpolate_offset, antialias=config.interpolate_antialias)
 
     vit.__dict__["_pos_embed_for"] = resample

@@ -38,6 +38,7 @@ class DinoVisionTransformer(VisionTransformer):
     """
 
     has_attention = True
+    mask_token: nn.Parameter | None
 
     def __init__(self, config: ViTConfig) -> None:
         swiglu = config.mlp == "swiglu"
@@ -63,6 +64,25 @@ class DinoVisionTransformer(VisionTransformer):
             block_fn=KeptSamplesBlock,  # timm's block; drop-path skips the dropped samples' branches
         )
         self.config = config
+        if self.reg_token is not None and config.pos_embed_has_cls:
+            # The official DINOv2 layout: positions for CLS and the patches; the registers, inserted after
+            # CLS once the positions are added, have none (timm would give them rows of their own).
+            assert self.pos_embed is not None
+            rows = self.patch_embed.num_patches + 1
+            self.pos_embed = nn.Parameter(torch.zeros(1, rows, config.embed_dim))
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.register_parameter("mask_token", None)
+
+    def add_mask_token(self) -> None:
+        """Give the network DINOv2's iBOT mask token (zeros, ``(1, D)``), a training-only parameter: the
+        student's masked patches are replaced by it (``forward_tokens(x, masks=...)``). An exported model has
+        none; its state-dict key ``mask_token`` is dropped on loading like the official one."""
+        self.mask_token = nn.Parameter(torch.zeros(1, self.config.embed_dim))
+
+    @property
+    def pos_embed_prefix(self) -> int:
+        """Rows of ``pos_embed`` before the patch positions: 1 (CLS) or 0 (timm's register layout)."""
+        return 0 if self.no_embed_class else 1
 
     @property
     def depth(self) -> int:
@@ -78,7 +98,7 @@ class DinoVisionTransformer(VisionTransformer):
             self.pos_embed,
             image_hw=image_hw,
             grid_hw=grid_hw,
-            num_prefix=0 if self.no_embed_class else self.num_prefix_tokens,
+            num_prefix=self.pos_embed_prefix,
             offset=self.config.interpolate_offset,
             antialias=self.config.interpolate_antialias,
         )
@@ -96,20 +116,22 @@ class DinoVisionTransformer(VisionTransformer):
             image_hw=(height, width),
             patch_size=patch,
             stride=stride,
-            num_prefix=0 if self.no_embed_class else self.num_prefix_tokens,
+            num_prefix=self.pos_embed_prefix,
             offset=self.config.interpolate_offset,
             antialias=self.config.interpolate_antialias,
         )
         return self.patch_embed.norm(tokens), pos
 
-    def embed_tokens(self, x: torch.Tensor, patch_stride: int | None = None
-                     ) -> tuple[torch.Tensor, tuple[int, int]]:
+    def embed_tokens(self, x: torch.Tensor, patch_stride: int | None = None,
+                     masks: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
         """Patch embedding + prefix tokens + position embedding: the input of block 0.
 
         Args:
             x: Normalised images (B, C, H, W), C = ``config.in_chans``.
             patch_stride: Overlapping patches (see :meth:`forward_tokens`); None or the patch size
                 for the ordinary grid.
+            masks: (B, h*w) bool, patches replaced by the mask token before the positions are added
+                (DINOv2's iBOT student; needs :meth:`add_mask_token`).
         """
         patch = self.config.patch_size
         check_images(x, self.config.in_chans, patch_size=patch)
@@ -123,14 +145,19 @@ class DinoVisionTransformer(VisionTransformer):
             x, pos = self._strided_patches(x, patch_stride)
         _, h, w, dim = x.shape
         x = x.reshape(batch, h * w, dim)
+        if masks is not None:
+            if self.mask_token is None:
+                raise ValueError("masks need the iBOT mask token: call add_mask_token() first")
+            x = torch.where(masks.unsqueeze(-1), self.mask_token.to(x.dtype).unsqueeze(0), x)
         assert self.cls_token is not None  # DINO models always have a CLS token
-        prefix = [self.cls_token.expand(batch, -1, -1)]
-        if self.reg_token is not None:
-            prefix.append(self.reg_token.expand(batch, -1, -1))
+        cls = self.cls_token.expand(batch, -1, -1)
+        registers = [] if self.reg_token is None else [self.reg_token.expand(batch, -1, -1)]
         if self.no_embed_class:
-            x = torch.cat([*prefix, x + pos], dim=1)
+            x = torch.cat([cls, *registers, x + pos], dim=1)
         else:
-            x = torch.cat([*prefix, x], dim=1) + pos
+            x = torch.cat([cls, x], dim=1) + pos
+            if registers:
+                x = torch.cat([x[:, :1], *registers, x[:, 1:]], dim=1)
         x = self.norm_pre(self.patch_drop(self.pos_drop(x)))
         return x, (h, w)
 
@@ -141,6 +168,7 @@ class DinoVisionTransformer(VisionTransformer):
         cls_attention: bool = False,
         blocks: Sequence[int] = (),
         patch_stride: int | None = None,
+        masks: torch.Tensor | None = None,
     ) -> TokenOutput:
         """One forward pass returning tokens, optional CLS attention and intermediate blocks.
 
@@ -154,10 +182,11 @@ class DinoVisionTransformer(VisionTransformer):
                 position table is evaluated at the new patch centres
                 (:func:`~dinofeat.models.vit.pos_embed.strided_pos_embed`). None or P: the ordinary
                 forward, bit for bit.
+            masks: (B, h*w) bool: the iBOT student's masked patches (:meth:`embed_tokens`).
         """
         depth = len(self.blocks)
         wanted = selected_blocks(blocks, depth)
-        x, grid = self.embed_tokens(x, patch_stride)
+        x, grid = self.embed_tokens(x, patch_stride, masks)
         attention = None
         intermediates = []
         for index, block in enumerate(self.blocks):
