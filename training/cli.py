@@ -19,10 +19,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from dinofeat.training.config.train_config import PRESETS, resolve_config
+from dinofeat.training.config.presets import PRESETS
+from dinofeat.training.config.train_config import resolve_config
 from dinofeat.utils.distributed import shutdown
 from dinofeat.utils.errors import DinofeatError
-
 
 _TRAIN_DESCRIPTION = """\
 Train a backbone by self-distillation on a folder of images (or band files).
@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dinofeat-train", description="DINO self-distillation training")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train = sub.add_parser("train", help="train (single process, or one process per device under torchrun)",
-                           description=_TRAIN_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+                           description=_TRAIN_DESCRIPTION,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("--preset", choices=sorted(PRESETS), help="start from a recipe")
     train.add_argument("--config", help="YAML or JSON file of {section: {key: value}}")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",

@@ -19,6 +19,7 @@ from typing import Any
 
 from dinofeat.training.cli import main
 from dinofeat.training.engine import trainer as trainer_module
+from dinofeat.training.engine.dinov2_step import DinoV2Step
 from dinofeat.training.engine.step import DinoStep
 
 
@@ -38,15 +39,17 @@ def _install_hooks() -> None:
                     time.sleep(60)
 
         trainer_module.Trainer.save_checkpoint = save_then_park  # type: ignore[method-assign]
-    if iter_sleep:
-        original_call = DinoStep.__call__
+    for step in (DinoStep, DinoV2Step) if iter_sleep else ():
+        step.__call__ = _then_sleep(step.__call__, iter_sleep)  # type: ignore[method-assign]
 
-        def call_then_sleep(self: Any, *args: Any, **kwargs: Any) -> Any:
-            result = original_call(self, *args, **kwargs)
-            time.sleep(iter_sleep)
-            return result
 
-        DinoStep.__call__ = call_then_sleep  # type: ignore[method-assign]
+def _then_sleep(call: Any, seconds: float) -> Any:
+    def call_then_sleep(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = call(self, *args, **kwargs)
+        time.sleep(seconds)
+        return result
+
+    return call_then_sleep
 
 
 if __name__ == "__main__":

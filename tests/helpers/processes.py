@@ -144,7 +144,7 @@ def trajectory_state(out: Path) -> dict[str, torch.Tensor]:
             state.update(_weights_and_optimizer({**plain, "optimizer": shards["optimizer"]}, f"{file.stem}."))
     else:
         state = _weights_and_optimizer(ckpt)
-    state["center"] = ckpt["dino_loss"]["center"]
+    state.update({f"loss.{k}": v for k, v in ckpt["dino_loss"].items()})  # the centre(s)
     state["iteration"] = torch.tensor(ckpt["iteration"])
     return state
 

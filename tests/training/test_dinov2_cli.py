@@ -4,6 +4,7 @@ SwiGLU, layer scale), export, dinofeat.load equal to the trained teacher backbon
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -14,14 +15,18 @@ from dinofeat.models import build_backbone
 from dinofeat.training.cli import main
 from dinofeat.training.config.train_config import config_from_dict, training_arch
 from dinofeat.training.engine.checkpoint import load_checkpoint
-from tests.helpers.training import make_image_folder, train_args
+from tests.helpers.training import BAND_OVERRIDES, make_band_folder, make_image_folder, train_args
 
 DINOV2 = ["objective.name=dinov2", "model.drop_path_uniform=true", "model.drop_path_rate=0.1",
           "head.norm_last_layer=false", "optim.layer_decay=0.9", "optim.patch_embed_lr_mult=0.2",
           "optim.freeze_last_layer=1", "optim.lr=0.05"]
 REG_SWIGLU = ['model.arch={"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 32, '
               '"layer_scale_init": 1e-5, "mlp": "swiglu", "mlp_ratio": 2.0}', "model.num_register_tokens=2",
-              "objective.centering=sinkhorn_knopp", "objective.ibot_separate_head=true", "objective.ibot_out_dim=48"]
+              "objective.centering=sinkhorn_knopp", "objective.ibot_separate_head=true",
+              "objective.ibot_out_dim=48"]
+
+
+BANDS = [*BAND_OVERRIDES, "model.num_register_tokens=1"]
 
 
 @pytest.mark.parametrize("variant", [[], REG_SWIGLU], ids=["vit", "reg_swiglu_sk"])
@@ -49,6 +54,16 @@ def test_train_export_load_dinov2(tmp_path: Path, variant: list[str]) -> None:
         expected = backbone.forward_tokens(images, cls_attention=True)
     assert torch.equal(model.embed(images), expected.cls)
     assert torch.equal(model.cls_attention(images).flatten(2), expected.cls_attention[:, :, -16:])
+
+
+@pytest.mark.parametrize("variant", [["run.precision=bf16"], ["data.augmentation=device"], BANDS],
+                         ids=["bf16", "device_augmentation", "bands"])
+def test_dinov2_runs_on_every_data_path(tmp_path: Path, variant: list[str]) -> None:
+    data = (make_band_folder if variant is BANDS else make_image_folder)(tmp_path / "data")
+    out = tmp_path / "run"
+    assert main(train_args(data, out, *DINOV2, "run.epochs=1", *variant)) == 0
+    iters = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "iteration" in r]
+    assert iters and all(math.isfinite(r["loss"]) and r["ibot_loss"] > 0 for r in iters)
 
 
 def test_cpu_preset_runs(tmp_path: Path) -> None:

@@ -138,7 +138,7 @@ class DinoV2Step:
         self.parts = network.parts()
         groups = dinov2_param_groups(self.parts, network.backbone.depth, cfg.optim.layer_decay,
                                      cfg.optim.patch_embed_lr_mult, layer_of)
-        self.optimizer = build_optimizer("adamw", groups)
+        self.optimizer = build_optimizer(cfg.optim.optimizer, groups)  # AdamW in the official recipe
         self.precision = resolve_precision(cfg.run.precision, device)
         self.scaler = torch.amp.GradScaler(device.type) if self.precision == "fp16" else None
         self.masks = MaskSampler(cfg, network.backbone.patch_size, rank)

@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -334,7 +334,7 @@ class Trainer:
     def _end_of_epoch(self, epoch: int, summary: dict[str, Any]) -> None:
         every = self.cfg.run.eval_every
         if self.eval_hook is not None and every and (epoch + 1) % every == 0:
-            results = self.eval_hook(self.teacher.backbone)
+            results = self.eval_hook(cast(Backbone, self.teacher.backbone))
             summary.update(results)
             self.metrics.write({"epoch": epoch, "eval": results})
         barrier()

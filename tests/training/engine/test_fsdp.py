@@ -1,5 +1,5 @@
 """run.strategy=fsdp (FSDP2) on two gloo CPU processes: one step equals the DDP step within 1e-5, also after
-resuming from a sharded checkpoint; the sharded checkpoint exports like any other."""
+resuming from a sharded checkpoint; the sharded checkpoint exports like any other; for both objectives."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import dinofeat
@@ -20,12 +21,15 @@ from tests.helpers.training import make_image_folder
 REPO = REPO_ROOT
 
 
-def test_fsdp_step_equals_ddp_step_and_its_sharded_checkpoint_resumes_and_exports(tmp_path: Path) -> None:
+@pytest.mark.parametrize("objective", ["dino", "dinov2"])
+def test_fsdp_step_equals_ddp_step_and_its_sharded_checkpoint_resumes_and_exports(tmp_path: Path,
+                                                                                   objective: str) -> None:
     images = make_image_folder(tmp_path / "images", n=8)
     result = tmp_path / "result.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(REPO / "tests" / "helpers" / "fsdp_worker.py"), str(images), str(tmp_path), str(result)]
+               str(REPO / "tests" / "helpers" / "fsdp_worker.py"), str(images), str(tmp_path), str(result),
+               objective]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     report = json.loads(result.read_text())

@@ -35,17 +35,25 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def uninterrupted(images: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[int, str], Path]:
-    """The uninterrupted run's output folder, per (number of processes, run.strategy); run on first use."""
+    """The uninterrupted run's output folder, per (number of processes, run.strategy[+objective]); run on
+    first use."""
 
     class Lazy(dict[tuple[int, str], Path]):
         def __missing__(self, key: tuple[int, str]) -> Path:
             nproc, strategy = key
             out = tmp_path_factory.mktemp(f"uninterrupted{nproc}{strategy}") / "run"
-            run(images, out, nproc, f"run.strategy={strategy}")
+            run(images, out, nproc, *settings(strategy))
             self[key] = out
             return out
 
     return Lazy()
+
+
+def settings(strategy: str) -> list[str]:
+    """``"ddp"``, ``"fsdp"``, or either with ``+dinov2`` (the DINOv2 objective: its iBOT masks' random stream
+    must continue across the restarts too)."""
+    name, _, objective = strategy.partition("+")
+    return [f"run.strategy={name}", *([f"objective.name={objective}"] if objective else [])]
 
 
 def logged_iterations(out: Path) -> list[int]:
@@ -56,20 +64,22 @@ def logged_iterations(out: Path) -> list[int]:
 
 
 @pytest.mark.parametrize(("nproc", "strategy"), [
-    (1, "ddp"), (2, "ddp"), pytest.param(2, "fsdp", marks=pytest.mark.slow)])
+    (1, "ddp"), (2, "ddp"), pytest.param(2, "fsdp", marks=pytest.mark.slow), (1, "ddp+dinov2"),
+    pytest.param(2, "ddp+dinov2", marks=pytest.mark.slow),
+    pytest.param(2, "fsdp+dinov2", marks=pytest.mark.slow)])
 def test_sigkill_then_signal_then_restart_continues_the_trajectory(
     nproc: int, strategy: str, images: Path, uninterrupted: dict[tuple[int, str], Path], tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    setting = f"run.strategy={strategy}"
+    setting = settings(strategy)
     # 1. SIGKILL right after the first checkpoint (end of epoch 0): every process and worker at once.
-    process = start(images, out, nproc, setting, hooks={"DINOFEAT_TEST_PARK_AFTER_SAVES": "1"})
+    process = start(images, out, nproc, *setting, hooks={"DINOFEAT_TEST_PARK_AFTER_SAVES": "1"})
     wait_until(lambda: (out / "parked.0").exists(), process, "first checkpoint")
     kill_tree(process)
     # 2. A preemption signal in the middle of epoch 1: one process gets SIGTERM to its whole process group
     #    (as a scheduler signals every process of a job, data-loading workers included); under torchrun the
     #    launcher gets SIGUSR1 and forwards it to the ranks. The run writes a mid-epoch checkpoint and exits.
-    process = start(images, out, nproc, setting, f"run.preempt_exit_code={PREEMPT_CODE}",
+    process = start(images, out, nproc, *setting, f"run.preempt_exit_code={PREEMPT_CODE}",
                     hooks={"DINOFEAT_TEST_ITER_SLEEP": "0.3"})
     wait_until(lambda: 5 in logged_iterations(out), process, "iteration 5 (epoch 1)")
     if nproc == 1:
@@ -83,7 +93,7 @@ def test_sigkill_then_signal_then_restart_continues_the_trajectory(
     if nproc == 1:
         assert status == PREEMPT_CODE, last_log(out)
     # 3. Restarted, it ends where the uninterrupted run ends, bit for bit.
-    run(images, out, nproc, setting)
+    run(images, out, nproc, *setting)
     assert_same_trajectory(uninterrupted[nproc, strategy], out)
 
 
