@@ -78,10 +78,15 @@ def test_cpu_preset_runs(tmp_path: Path) -> None:
     assert any("ibot_loss" in r for r in records)
 
 
-@pytest.mark.parametrize(("override", "named"), [
-    ("objective.mask_ratio=[0.1, 1.2]", "objective.mask_ratio"),
-    ("objective.ibot_out_dim=32", "objective.ibot_out_dim"),
+@pytest.mark.parametrize(("overrides", "named"), [
+    (["objective.mask_ratio=[0.1, 1.2]"], "objective.mask_ratio"),
+    (["objective.mask_probability=-0.5"], "objective.mask_probability"),
+    (["objective.ibot_out_dim=32"], "objective.ibot_out_dim"),
+    (["objective.centering=sinkhorn_knopp", "optim.batch_size_per_gpu=1"], "objective.centering"),
 ])
-def test_bad_dinov2_settings_are_named(tmp_path: Path, override: str, named: str, capsys) -> None:  # type: ignore[no-untyped-def]
-    assert main(["train", "--data", str(tmp_path), "--set", "objective.name=dinov2", "--set", override]) == 2
+def test_bad_dinov2_settings_are_named(tmp_path: Path, overrides: list[str], named: str, capsys) -> None:  # type: ignore[no-untyped-def]
+    args = ["train", "--data", str(tmp_path), "--set", "objective.name=dinov2"]
+    for item in overrides:
+        args += ["--set", item]
+    assert main(args) == 2
     assert named in capsys.readouterr().err
