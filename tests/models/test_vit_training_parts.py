@@ -10,7 +10,8 @@ from dinofeat.models.vit.model import DinoVisionTransformer
 
 def test_mask_token_replaces_masked_patches_before_the_positions() -> None:
     torch.manual_seed(0)
-    vit = DinoVisionTransformer(ViTConfig(patch_size=8, embed_dim=16, depth=1, num_heads=2, img_size=16)).eval()
+    config = ViTConfig(patch_size=8, embed_dim=16, depth=1, num_heads=2, img_size=16)
+    vit = DinoVisionTransformer(config).eval()
     vit.add_mask_token()
     assert vit.mask_token is not None
     with torch.no_grad():

@@ -31,8 +31,9 @@ def test_heads_learn_while_the_backbone_stays_frozen(tmp_path: Path) -> None:
     folder = save_pretrained(DinoVisionTransformer(ARCH).eval(), tmp_path / "model",
                              HubConfig(arch=ARCH, name="tiny"))
     data = make_image_folder(tmp_path / "images")
-    trainer = Trainer(_config(data, tmp_path / "run", f"model.init={folder}", "objective.freeze_backbone_epochs=1",
-                              "optim.warmup_epochs=0", "optim.freeze_last_layer=0"))
+    trainer = Trainer(_config(data, tmp_path / "run", f"model.init={folder}",
+                              "objective.freeze_backbone_epochs=1", "optim.warmup_epochs=0",
+                              "optim.freeze_last_layer=0"))
     start = {k: v.clone() for k, v in trainer.student_module.state_dict().items()}
     trainer.train_one_epoch(0)  # 2 iterations, backbone lr 0
     after = trainer.student_module.state_dict()
@@ -40,7 +41,8 @@ def test_heads_learn_while_the_backbone_stays_frozen(tmp_path: Path) -> None:
     assert not torch.equal(start["dino_head.mlp.0.weight"], after["dino_head.mlp.0.weight"])
     trainer.train_one_epoch(1)
     moved = trainer.student_module.state_dict()
-    assert not torch.equal(start["backbone.blocks.0.attn.qkv.weight"], moved["backbone.blocks.0.attn.qkv.weight"])
+    name = "backbone.blocks.0.attn.qkv.weight"
+    assert not torch.equal(start[name], moved[name])
 
 
 def test_official_pth_keeps_its_mask_token_and_registers(tmp_path: Path) -> None:
@@ -62,5 +64,5 @@ def test_registers_the_initial_weights_lack_are_refused(tmp_path: Path) -> None:
     folder = save_pretrained(DinoVisionTransformer(ARCH).eval(), tmp_path / "model",
                              HubConfig(arch=ARCH, name="tiny"))
     data = make_image_folder(tmp_path / "images")
-    with pytest.raises(ValueError, match="model.num_register_tokens=4, but model.init .* has no register"):
+    with pytest.raises(ValueError, match=r"model.num_register_tokens=4, but model.init .* has no register"):
         Trainer(_config(data, tmp_path / "run", f"model.init={folder}", "model.num_register_tokens=4"))

@@ -84,8 +84,10 @@ def test_parameter_groups_decay_layers_and_exempt_norms_biases_and_gammas() -> N
         assert by_name[f"backbone.{name}"]["lr_mult"] == 0.5 ** 4 and by_name[f"backbone.{name}"]["wd_mult"] == 1
     assert by_name["backbone.patch_embed.proj.weight"]["lr_mult"] == 0.5 ** 4 * 0.2
     assert by_name["backbone.blocks.2.attn.qkv.weight"]["lr_mult"] == 0.5
-    assert by_name["backbone.blocks.0.ls1.gamma"]["wd_mult"] == 0 and by_name["backbone.norm.weight"]["wd_mult"] == 0
-    assert by_name["dino_head.0.weight"]["lr_mult"] == 1 and by_name["dino_head.0.bias"]["wd_mult"] == 0
+    assert by_name["backbone.blocks.0.ls1.gamma"]["wd_mult"] == 0
+    assert by_name["backbone.norm.weight"]["wd_mult"] == 0
+    assert by_name["dino_head.0.weight"]["lr_mult"] == 1
+    assert by_name["dino_head.0.bias"]["wd_mult"] == 0
     apply_schedule(groups, lr=1.0, wd=0.1, last_layer_lr=0.0)
     assert by_name["backbone.blocks.2.attn.qkv.weight"]["lr"] == 0.5
     assert by_name["backbone.blocks.2.attn.qkv.weight"]["weight_decay"] == pytest.approx(0.1)
