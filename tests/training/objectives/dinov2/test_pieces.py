@@ -81,7 +81,8 @@ def test_parameter_groups_decay_layers_and_exempt_norms_biases_and_gammas() -> N
     groups = dinov2_param_groups({"backbone": backbone, "dino_head": head}, 3, 0.5, 0.2, layer_of)
     by_name = {name: g for g in groups for name in g["names"]}
     for name in ("cls_token", "pos_embed", "reg_token", "mask_token"):
-        assert by_name[f"backbone.{name}"]["lr_mult"] == 0.5 ** 4 and by_name[f"backbone.{name}"]["wd_mult"] == 1
+        group = by_name[f"backbone.{name}"]
+        assert group["lr_mult"] == 0.5 ** 4 and group["wd_mult"] == 1
     assert by_name["backbone.patch_embed.proj.weight"]["lr_mult"] == 0.5 ** 4 * 0.2
     assert by_name["backbone.blocks.2.attn.qkv.weight"]["lr_mult"] == 0.5
     assert by_name["backbone.blocks.0.ls1.gamma"]["wd_mult"] == 0
