@@ -1,21 +1,23 @@
 """Speed and peak memory of the DINOv2 training step beside the official DINOv2 loop, on the official runner's
 benchmark config (../shared/reference/official-dinov2/README.md, "The benchmark config").
 
-Config (fixed, the runner's): ViT-Tiny/16 (192 wide, 12 blocks, 3 heads, layer scale 1e-5, no registers, 14 x 14
-position grid), drop-path 0.1 in every block (student), DINO head and separate iBOT head of 4096 prototypes
-(hidden 2048, bottleneck 256), Sinkhorn-Knopp targets, KoLeo 0.1, iBOT masks (probability 0.5, ratios 0.1-0.5),
-batch 16, 2 global crops at 224 + 8 local crops at 96, AdamW, layer-wise lr decay 0.9, patch-embedding lr x 0.2,
-clipping 3.0 per sub-module, last layers frozen in the first epoch of 1250 iterations, fp32, seed 0. Data: 16
-random N(0, 1) samples already at crop size, made once; every iteration stacks them into the crop batches (the
-official runner's collate does the same) and the step draws the iteration's iBOT masks.
+Config (fixed, the runner's): ViT-Tiny/16 (192 wide, 12 blocks, 3 heads, layer scale 1e-5, no registers, 14
+x 14 position grid), drop-path 0.1 in every block (student), DINO head and separate iBOT head of 4096
+prototypes (hidden 2048, bottleneck 256), Sinkhorn-Knopp targets, KoLeo 0.1, iBOT masks (probability 0.5,
+ratios 0.1-0.5), batch 16, 2 global crops at 224 + 8 local crops at 96, AdamW, layer-wise lr decay 0.9,
+patch-embedding lr x 0.2, clipping 3.0 per sub-module, last layers frozen in the first epoch of 1250
+iterations, fp32, seed 0. Data: 16 random N(0, 1) samples already at crop size, made once; every iteration
+stacks them into the crop batches (the official runner's collate does the same) and the step draws the
+iteration's iBOT masks.
 
 Usage:
     python bench/bench_dinov2_train.py --iters 10                    (this implementation, one process)
     python bench/bench_dinov2_train.py --iters 10 --side-by-side 3   (alternating fresh processes)
-The first prints images/s (16 / median seconds per timed iteration; the first 2 iterations are warm-up, as the
-official runner's) and the peak RSS. The second alternates ROUNDS runs of the official runner (as a subprocess,
-its default random-crop mode) with ROUNDS runs of this one, and reports both medians and the ratios of median
-images/s and of median peak RSS. Target: >= 1.2x the official images/s at no more peak memory.
+The first prints images/s (16 / median seconds per timed iteration; the first 2 iterations are warm-up, as
+the official runner's) and the peak RSS. The second alternates ROUNDS runs of the official runner (as a
+subprocess, its default random-crop mode) with ROUNDS runs of this one, and reports both medians and the
+ratios of median images/s and of median peak RSS.
+Target: >= 1.2x the official images/s at no more peak memory.
 """
 
 from __future__ import annotations
@@ -83,7 +85,8 @@ def run_ours(iters: int, extra: list[str]) -> dict[str, Any]:
         tick = now
     timed = times[WARMUP:]
     median = statistics.median(timed)
-    return {"images_per_s": round(cfg.optim.batch_size_per_gpu / median, 3), "s_per_iteration_median": median,
+    return {"images_per_s": round(cfg.optim.batch_size_per_gpu / median, 3),
+            "s_per_iteration_median": median,
             "s_per_iteration": [round(t, 3) for t in times], "torch_threads": torch.get_num_threads(),
             "peak_rss_MiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
@@ -122,7 +125,8 @@ def side_by_side(rounds: int, iters: int, threads: int | None) -> dict[str, Any]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iters", type=int, default=10, help=f"iterations in all, the first {WARMUP} untimed")
+    parser.add_argument("--iters", type=int, default=10,
+                        help=f"iterations in all, the first {WARMUP} untimed")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's default)")
     parser.add_argument("--side-by-side", type=int, metavar="ROUNDS", default=0,
                         help="alternate ROUNDS runs of the official loop and of this benchmark")

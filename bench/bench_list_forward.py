@@ -1,6 +1,6 @@
-"""The student's list forward of crops of two sizes, three ways (dinofeat.models.vit.list_forward): one call per
-crop size, packed tokens with nested-tensor attention, packed tokens with FlexAttention; forward + backward
-time of each, interleaved, median.
+"""The student's list forward of crops of two sizes, three ways (dinofeat.models.vit.list_forward): one call
+per crop size, packed tokens with nested-tensor attention, packed tokens with FlexAttention; forward +
+backward time of each, interleaved, median.
 
 Config: ViT-S/14 (384 wide, 12 blocks, 6 heads) by default, batch B images with 2 global crops at 224 and 8
 local crops at 98 (DINOv2's L/14 and g/14 crops), in training mode without drop-path (the packed ways have no
@@ -72,8 +72,8 @@ def main() -> int:
     flex_backward = device.type != "cpu"
     runs = {"calls": variant(vit, crops, masks, "calls", True, device),
             "nested": variant(vit, crops, masks, "nested", True, device),
-            "flex" if flex_backward else "flex_forward_only": variant(vit, crops, masks, "flex", flex_backward,
-                                                                      device)}
+            "flex" if flex_backward else "flex_forward_only":
+                variant(vit, crops, masks, "flex", flex_backward, device)}
     if not flex_backward:
         runs["calls_forward_only"] = variant(vit, crops, masks, "calls", False, device)
     with warnings.catch_warnings():

@@ -28,7 +28,8 @@ from torch import nn
 from dinofeat.models.vit.model import DinoVisionTransformer
 
 Method = Literal["calls", "nested", "flex"]
-Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (T, H, hd) q, k, v -> (T, H, hd)
+# (T, H, hd) q, k, v -> (T, H, hd)
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def list_forward_tokens(vit: DinoVisionTransformer, images: Sequence[torch.Tensor],
@@ -77,7 +78,8 @@ def _packed_block(block: nn.Module, x: torch.Tensor, attend: Attend) -> torch.Te
     q, k = attn.q_norm(q), attn.k_norm(k)
     o = attend(q, k, v).reshape(len(x), heads * head_dim)
     x = x + b.ls1(attn.proj(attn.norm(o)))
-    return x + b.ls2(b.mlp(b.norm2(x)))
+    out: torch.Tensor = x + b.ls2(b.mlp(b.norm2(x)))
+    return out
 
 
 def _nested_attention(lengths: list[int], device: torch.device) -> Attend:
@@ -85,7 +87,7 @@ def _nested_attention(lengths: list[int], device: torch.device) -> Attend:
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         def jagged(t: torch.Tensor) -> torch.Tensor:  # (T, H, hd) -> (images, H, j, hd), contiguous before
-            nested = torch.nested.nested_tensor_from_jagged(t.contiguous(), offsets)
+            nested: torch.Tensor = torch.nested.nested_tensor_from_jagged(t.contiguous(), offsets)
             return nested.transpose(1, 2)
 
         out = F.scaled_dot_product_attention(jagged(q), jagged(k), jagged(v))
@@ -113,7 +115,7 @@ def _flex_attention(lengths: list[int], device: torch.device, compiled: bool) ->
 
     total = len(image)
     block_mask = create_block_mask(same_image, None, None, total, total, device=device.type)
-    function = _compiled_flex() if compiled else flex_attention
+    function: Callable[..., Any] = _compiled_flex() if compiled else flex_attention  # type: ignore[assignment]
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         def heads_first(t: torch.Tensor) -> torch.Tensor:  # (T, H, hd) -> (1, H, T, hd)
