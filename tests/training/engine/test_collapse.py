@@ -88,7 +88,7 @@ def test_provoked_collapse_is_reported_once(
 ) -> None:
     with caplog.at_level(logging.INFO, logger="dinofeat.training"):
         trainer, records = _run(tmp_path, "run", *settings)
-    assert trainer.collapse.warned
+    assert trainer.collapse[0].warned
     warnings = [r.getMessage() for r in caplog.records
                 if r.levelno == logging.WARNING and "collapse" in r.getMessage()]
     assert len(warnings) == 1 and mode in warnings[0]
@@ -103,5 +103,17 @@ def test_provoked_collapse_is_reported_once(
 
 def test_healthy_tiny_run_is_not_flagged(tmp_path: Path) -> None:
     trainer, records = _run(tmp_path, "run")
-    assert not trainer.collapse.warned
+    assert not trainer.collapse[0].warned
     assert min(r["effective_dims"] for r in records) > 5
+
+
+def test_dinov2_guard_watches_the_patch_targets_too(tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    settings = ["objective.name=dinov2", "loss.teacher_temp=10", "loss.warmup_teacher_temp=10"]
+    with caplog.at_level(logging.INFO, logger="dinofeat.training"):
+        trainer, records = _run(tmp_path, "run", *settings)
+    assert [d.warned for d in trainer.collapse] == [True, True]
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelno == logging.WARNING and "collapse" in r.getMessage()]
+    assert len(warnings) == 1 and "masked patch tokens (iBOT)" in warnings[0]
+    assert records[-1]["patch_teacher_entropy"] > 0.99 * math.log(64)
