@@ -79,9 +79,9 @@ def export_teacher(
 
         ckpt["teacher"] = full_state(Path(checkpoint), ckpt)["teacher"]
     network = ckpt.get("export_key", "teacher")  # a distillation checkpoint exports its student
-    # DINOv2's iBOT mask token is a training-only parameter: the exported backbone has none.
-    state = {k[len(prefix):]: v for k, v in ckpt[network].items()
-             if k.startswith(prefix) and k != f"{prefix}mask_token"}
+    state = {k[len(prefix):]: v for k, v in ckpt[network].items() if k.startswith(prefix)}
+    if "mask_token" not in backbone.state_dict():  # the ViT's iBOT mask token (DINOv2) is for training only
+        state.pop("mask_token", None)
     load_state_dict_strict(backbone, state, origin=f"{checkpoint} ({network} backbone)")
     out = Path(output_dir)
     name = name or out.name
