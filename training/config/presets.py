@@ -82,33 +82,25 @@ DINOV2_PRESETS: dict[str, dict[str, Any]] = {
         "optim.momentum_teacher": 0.992, "optim.batch_size_per_gpu": 64, "crops.global_size": 224,
         "crops.local_size": 96, "crops.local_crops_number": 8, "run.epochs": 100,
     },
-    # The same with 4 registers and Sinkhorn-Knopp targets (the ViT-L/14 and g/14 configurations' centring).
-    "dinov2_vits14_reg4": {
-        **_DINOV2_RECIPE,
-        "model.arch": {"patch_size": 14, "embed_dim": 384, "depth": 12, "num_heads": 6, "img_size": 224,
-                       "layer_scale_init": 1e-5, "interpolate_offset": 0.0, "interpolate_antialias": True},
-        "model.num_register_tokens": 4, "objective.centering": "sinkhorn_knopp",
-        "model.drop_path_rate": 0.3, "head.out_dim": 65536, "head.hidden_dim": 2048,
-        "head.bottleneck_dim": 256,
-        "loss.warmup_teacher_temp_epochs": 30, "optim.lr": 0.004, "optim.warmup_epochs": 10,
-        "optim.momentum_teacher": 0.992, "optim.batch_size_per_gpu": 64, "crops.global_size": 224,
-        "crops.local_size": 96, "crops.local_crops_number": 8, "run.epochs": 100,
-    },
-    # Small data on CPU: imagenette_tiny's network, crops and schedule with the DINOv2 objective, at the same
-    # peak lr (0.0014 * sqrt(32 / 1024) = 2.5e-4) and the last head layer frozen for the whole run.
-    "dinov2_imagenette_tiny": {
-        **_DINOV2_RECIPE,
-        "model.arch": {"patch_size": 16, "embed_dim": 192, "depth": 4, "num_heads": 3, "img_size": 96},
-        "model.drop_path_rate": 0.0,
-        "head.out_dim": 4096, "head.hidden_dim": 1024, "head.bottleneck_dim": 128,
-        "loss.teacher_temp": 0.04, "loss.warmup_teacher_temp_epochs": 0,
-        "optim.momentum_teacher": 0.99, "optim.lr": 0.0014, "optim.batch_size_per_gpu": 32,
-        "optim.warmup_epochs": 1, "optim.freeze_last_layer": 12,
-        "crops.global_size": 96, "crops.local_size": 48, "crops.local_crops_number": 4,
-        "crops.global_scale": (0.25, 1.0), "crops.local_scale": (0.05, 0.25),
-        "data.cache_size": 110, "data.num_workers": 1, "run.epochs": 12, "run.precision": "fp32",
-        "run.saveckp_freq": 2, "run.log_every": 20,
-    },
+}
+
+# Small data on CPU: imagenette_tiny's network, crops, batch and schedule with the DINOv2 objective, at the
+# same peak lr (0.0014 * sqrt(32 / 1024) = 2.5e-4), the teacher temperature 0.04 throughout and the last head
+# layer frozen for the whole run, as there.
+DINOV2_PRESETS["dinov2_imagenette_tiny"] = {
+    **_DINO_PRESETS["imagenette_tiny"], **_DINOV2_RECIPE,
+    "crops.global_scale": (0.25, 1.0), "crops.local_scale": (0.05, 0.25),
+    "loss.teacher_temp": 0.04, "loss.warmup_teacher_temp_epochs": 0, "optim.lr": 0.0014,
+    "optim.freeze_last_layer": 12,
+}
+
+# The same with 4 registers and Sinkhorn-Knopp targets (the ViT-L/14 and g/14 configurations' centring), with
+# the released register models' position resampling.
+DINOV2_PRESETS["dinov2_vits14_reg4"] = {
+    **DINOV2_PRESETS["dinov2_vits14"],
+    "model.arch": {**DINOV2_PRESETS["dinov2_vits14"]["model.arch"], "interpolate_offset": 0.0,
+                   "interpolate_antialias": True},
+    "model.num_register_tokens": 4, "objective.centering": "sinkhorn_knopp",
 }
 
 PRESETS: dict[str, dict[str, Any]] = {**_DINO_PRESETS, **DINOV2_PRESETS}
