@@ -90,3 +90,14 @@ def test_bad_dinov2_settings_are_named(tmp_path: Path, overrides: list[str], nam
         args += ["--set", item]
     assert main(args) == 2
     assert named in capsys.readouterr().err
+
+
+def test_resume_with_another_objective_network_is_refused(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    data = make_image_folder(tmp_path / "images")
+    out = tmp_path / "run"
+    assert main(train_args(data, out, *DINOV2, "run.epochs=1")) == 0
+    capsys.readouterr()
+    assert main(train_args(data, out, *DINOV2, "run.epochs=2", "objective.ibot_separate_head=true")) == 2
+    assert "objective.ibot_separate_head: False there, True now" in capsys.readouterr().err
+    assert main(train_args(data, out, "run.epochs=2")) == 2  # the DINO objective
+    assert "objective.name: 'dinov2' there, 'dino' now" in capsys.readouterr().err

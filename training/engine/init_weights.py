@@ -132,9 +132,9 @@ def load_init_weights(cfg: TrainConfig, student: nn.Module, teacher: nn.Module) 
         state = {**state, "mask_token": target["mask_token"] if released is None else released.reshape(1, -1)}
     for name, wrapper in (("student", student), ("teacher", teacher)):
         load_state_dict_strict(wrapper.backbone, state, origin=f"model.init {cfg.model.init} ({name})")  # type: ignore[arg-type]
-    official_heads = all(isinstance(raw.get(name), dict) for name in ("student", "teacher")) if isinstance(
-        raw, dict) else False
-    if official_heads and hasattr(student, "head"):  # DINOv2's heads always start fresh
+    # An official DINO checkpoint's heads; DINOv2's heads always start fresh (its networks have no `head`).
+    if hasattr(student, "head") and isinstance(raw, dict) and all(
+            isinstance(raw.get(name), dict) for name in ("student", "teacher")):
         for name, wrapper in (("student", student), ("teacher", teacher)):
             heads = {k.removeprefix("module.").removeprefix("head."): v for k, v in raw[name].items()
                      if k.removeprefix("module.").startswith("head.")}

@@ -67,8 +67,11 @@ def load_loss_state(step: Step, state: dict[str, Any]) -> None:
         step.loss_fn.load_state_dict({"center": state["center"]}, strict=True)
 
 
-def network_settings(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The objective settings of a config dict that shape the networks (absent before objectives existed)."""
-    objective = cfg.get("objective", {"name": "dino"})
-    return {key: objective.get(key) for key in NETWORK_OBJECTIVE_KEYS}
+def objective_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The network-shaping objective settings of config dict ``current`` that differ from ``saved`` (a
+    checkpoint's); a config written before objectives existed was DINO's."""
+    before = saved.get("objective", {"name": "dino"})
+    now = current["objective"]
+    return [f"objective.{key}: {before[key]!r} there, {now[key]!r} now" for key in NETWORK_OBJECTIVE_KEYS
+            if key in before and before[key] != now[key]]
 

@@ -53,7 +53,7 @@ from dinofeat.training.engine.objective import (
     build_step,
     collapse_detectors,
     load_loss_state,
-    network_settings,
+    objective_changes,
 )
 from dinofeat.training.engine.preemption import RunControl, ignore_preemption_signals
 from dinofeat.training.engine.rng import iteration_rng, loader_generator
@@ -101,9 +101,7 @@ def _check_same_network(saved: dict[str, Any], current: dict[str, Any], origin: 
                for section in ("model", "head") for key, value in current[section].items()
                if key in saved.get(section, {}) and key not in ("drop_path_rate", "init")
                and (saved_value := saved[section][key]) != value]
-    saved_objective, objective = network_settings(saved), network_settings(current)
-    changed += [f"objective.{key}: {value!r} there, {objective[key]!r} now"
-                for key, value in saved_objective.items() if value != objective[key]]
+    changed += objective_changes(saved, current)
     if saved.get("data", {}).get("channels") != current["data"]["channels"]:
         changed.append(f"data.channels: {saved.get('data', {}).get('channels')!r} there, "
                        f"{current['data']['channels']!r} now")
