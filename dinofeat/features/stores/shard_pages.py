@@ -1,0 +1,232 @@
+"""Reading single rows' features out of Parquet shards, without decoding whole shards.
+
+Parquet is read a column chunk at a time; to fetch the features of a few hundred scattered rows (the
+candidates a search re-ranks) this module maps where each row's floats lie in the shard file. When a
+shard's ``cls`` column is stored plainly (uncompressed, no dictionary: what :func:`write_shard_table`
+writes), every data page holds whole rows of ``dim`` little-endian float32 values after its level
+bytes, so a row's features are ``dim * 4`` bytes at a computable offset. :func:`page_map` walks the
+page headers once (a few bytes each, read with a minimal Thrift compact-protocol decoder) and
+records, per page, its first row and where its values start; :class:`ShardRowReader` then reads rows
+through a memory map.
+
+Shards written otherwise (compressed or dictionary-encoded, by older versions or other tools) raise
+:class:`ShardLayoutError` with the reason; callers then keep their own copy of the features.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dinofeat.utils.errors import DinofeatError
+
+FEATURE_COLUMN = "cls"
+_HEADER_READ = 4096
+_DATA_PAGE, _DICTIONARY_PAGE, _DATA_PAGE_V2 = 0, 2, 3
+_PLAIN = 0
+
+
+class ShardLayoutError(DinofeatError, ValueError):
+    """A shard's feature column is not stored plainly, so its rows cannot be read one at a time."""
+
+
+# Thrift compact protocol (the encoding of Parquet's page headers): just enough to read a struct.
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    shift = value = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _zigzag(value: int) -> int:
+    return (value >> 1) ^ -(value & 1)
+
+
+def _value(data: bytes, pos: int, kind: int) -> tuple[Any, int]:
+    if kind in (1, 2):  # booleans inside a struct carry their value in the type
+        return kind == 1, pos
+    if kind == 3:
+        return data[pos], pos + 1
+    if kind in (4, 5, 6):
+        raw, pos = _varint(data, pos)
+        return _zigzag(raw), pos
+    if kind == 7:
+        return struct.unpack_from("<d", data, pos)[0], pos + 8
+    if kind == 8:
+        size, pos = _varint(data, pos)
+        return bytes(data[pos:pos + size]), pos + size
+    if kind in (9, 10):  # list, set
+        head = data[pos]
+        pos += 1
+        size, element = head >> 4, head & 0x0F
+        if size == 15:
+            size, pos = _varint(data, pos)
+        items = []
+        for _ in range(size):
+            if element in (1, 2):  # booleans in a list take one byte each
+                item, pos = data[pos] == 1, pos + 1
+            else:
+                item, pos = _value(data, pos, element)
+            items.append(item)
+        return items, pos
+    if kind == 11:  # map
+        size, pos = _varint(data, pos)
+        if not size:
+            return {}, pos
+        types = data[pos]
+        pos += 1
+        entries = {}
+        for _ in range(size):
+            key, pos = _value(data, pos, types >> 4)
+            entries[key], pos = _value(data, pos, types & 0x0F)
+        return entries, pos
+    if kind == 12:
+        return _struct(data, pos)
+    raise ValueError(f"unknown Thrift compact type {kind}")
+
+
+def _struct(data: bytes, pos: int) -> tuple[dict[int, Any], int]:
+    """A Thrift struct as {field id: value}, and the position after it."""
+    fields: dict[int, Any] = {}
+    last = 0
+    while True:
+        head = data[pos]
+        pos += 1
+        if head == 0:
+            return fields, pos
+        delta, kind = head >> 4, head & 0x0F
+        if delta:
+            field = last + delta
+        else:
+            raw, pos = _varint(data, pos)
+            field = _zigzag(raw)
+        fields[field], pos = _value(data, pos, kind)
+        last = field
+
+
+@dataclass(frozen=True)
+class PageMap:
+    """Where the features of a shard's rows are: per data page, its first row and its values' offset."""
+
+    first_rows: np.ndarray
+    offsets: np.ndarray
+    rows: int
+    dim: int
+
+
+def _read_header(handle: Any, offset: int) -> tuple[dict[int, Any], int]:
+    size = _HEADER_READ
+    while True:
+        handle.seek(offset)
+        data = handle.read(size)
+        try:
+            header, end = _struct(data, 0)
+            return header, offset + end
+        except IndexError:
+            if len(data) < size:
+                raise
+            size *= 4
+
+
+def _page_rows(header: dict[int, Any], body: int, handle: Any, dim: int) -> tuple[int, int]:
+    """(rows, offset of the first value) of a plain data page, or ShardLayoutError."""
+    if header[1] == _DATA_PAGE_V2:
+        page = header[8]
+        if page[4] != _PLAIN:
+            raise ShardLayoutError("a data page is dictionary-encoded")
+        start, count = body + page[5] + page[6], page[1]
+        rows = page[3]
+    elif header[1] == _DATA_PAGE:
+        page = header[5]
+        if page[2] != _PLAIN:
+            raise ShardLayoutError("a data page is dictionary-encoded")
+        handle.seek(body)
+        repetition = struct.unpack("<i", handle.read(4))[0]
+        handle.seek(body + 4 + repetition)
+        definition = struct.unpack("<i", handle.read(4))[0]
+        start, count = body + 8 + repetition + definition, page[1]
+        rows = count // dim
+    else:
+        raise ShardLayoutError(f"page type {header[1]} (a dictionary page: dictionary-encoded values)")
+    if count % dim or rows * dim != count or body + header[3] - start != count * 4:
+        raise ShardLayoutError("a data page holds null or partial rows")
+    return rows, start
+
+
+def page_map(path: str | Path, column: str = FEATURE_COLUMN) -> PageMap:
+    """The page map of ``column`` (a fixed-size list of float32) in the Parquet file ``path``.
+
+    Raises:
+        ShardLayoutError: the column is compressed, dictionary-encoded, or has null rows (the reason).
+        OSError, pyarrow.ArrowException: the file is unreadable.
+    """
+    file = pq.ParquetFile(path)
+    field = file.schema_arrow.field(column)
+    if not pa.types.is_fixed_size_list(field.type) or not pa.types.is_float32(field.type.value_type):
+        raise ShardLayoutError(f"column {column!r} is {field.type}, not a fixed-size list of float32")
+    dim = field.type.list_size
+    leaf = next(i for i in range(file.metadata.num_columns)
+                if file.metadata.schema.column(i).path.split(".")[0] == column)
+    first_rows: list[int] = []
+    offsets: list[int] = []
+    row = 0
+    with open(path, "rb") as handle:
+        for group in range(file.metadata.num_row_groups):
+            chunk = file.metadata.row_group(group).column(leaf)
+            if chunk.compression != "UNCOMPRESSED" or chunk.has_dictionary_page:
+                raise ShardLayoutError(f"column {column!r} is stored {chunk.compression.lower()}"
+                                       f"{' with a dictionary' if chunk.has_dictionary_page else ''}")
+            position, end = chunk.data_page_offset, chunk.data_page_offset + chunk.total_compressed_size
+            while position < end:
+                header, body = _read_header(handle, position)
+                rows, start = _page_rows(header, body, handle, dim)
+                first_rows.append(row)
+                offsets.append(start)
+                row += rows
+                position = body + header[3]
+            if row != sum(file.metadata.row_group(g).num_rows for g in range(group + 1)):
+                raise ShardLayoutError(f"the pages of column {column!r} hold {row} rows, not the row groups'")
+    return PageMap(np.asarray(first_rows, np.int64), np.asarray(offsets, np.int64), row, dim)
+
+
+class ShardRowReader:
+    """The features of chosen rows of several shards, read through memory maps of the shard files."""
+
+    def __init__(self, files: Sequence[Path], maps: Sequence[PageMap]) -> None:
+        if len(files) != len(maps) or len({m.dim for m in maps}) > 1:
+            raise ValueError("one page map per shard, all of one dimension")
+        self.files = list(files)
+        self.maps = list(maps)
+        self.dim = maps[0].dim if maps else 0
+        self._maps: dict[int, np.memmap] = {}
+
+    def _bytes(self, shard: int) -> np.memmap:
+        if shard not in self._maps:
+            self._maps[shard] = np.memmap(self.files[shard], dtype=np.uint8, mode="r")
+        return self._maps[shard]
+
+    def read(self, shards: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """(n, dim) float32 features of row ``rows[i]`` of shard ``shards[i]``, in the given order."""
+        out = np.empty((len(rows), self.dim), np.float32)
+        width = self.dim * 4
+        for shard in np.unique(shards).tolist():
+            mask = shards == shard
+            pages = self.maps[shard]
+            wanted = rows[mask]
+            page = np.searchsorted(pages.first_rows, wanted, side="right") - 1
+            starts = pages.offsets[page] + (wanted - pages.first_rows[page]) * width
+            raw = self._bytes(shard)[starts[:, None] + np.arange(width)]
+            out[mask] = raw.view("<f4").reshape(len(wanted), self.dim)
+        return out
