@@ -278,6 +278,44 @@ def _finish(folder: Path, plan: str, settings: ExtractionSettings, units: Sequen
         return True
 
 
+def write_feature_shards(output: str | os.PathLike[str], batches: Iterable[tuple[Sequence[str], np.ndarray]],
+                         *, model: str, kind: str = "cls") -> int:
+    """Write features computed elsewhere as a complete shard folder, one shard per batch of (paths,
+    (n, dim) features), so that everything reading ``dinofeat embed`` output (``dinofeat index``,
+    :func:`load_shards`) reads them. Image sizes and metadata are left empty.
+
+    Returns:
+        The number of rows written.
+
+    Raises:
+        ShardError: ``output`` already holds a shard folder.
+    """
+    folder = Path(output)
+    if (folder / MANIFEST).exists():
+        raise ShardError(f"{folder} already holds a shard folder; write to a new folder")
+    shards: list[dict[str, Any]] = []
+    dim = 0
+    for number, (paths, features) in enumerate(batches):
+        array = np.ascontiguousarray(features, np.float32)
+        dim = array.shape[1]
+        table = pa.table({
+            "path": pa.array(list(paths), pa.string()),
+            "cls": pa.FixedSizeListArray.from_arrays(pa.array(array.reshape(-1)), dim),
+            "width": pa.nulls(len(paths), pa.int32()), "height": pa.nulls(len(paths), pa.int32()),
+            "metadata": pa.nulls(len(paths), pa.string())})
+        name = f"shard-{number:06d}.parquet"
+        meta = {"plan": "imported", "unit": number, "model": model, "kind": kind, "dim": dim,
+                "count": len(paths), "skipped": []}
+        write_shard_table(folder / name, table, meta)
+        shards.append({"file": name, "count": len(paths), "skipped": 0})
+    count = sum(int(shard["count"]) for shard in shards)
+    write_text_atomically(folder / MANIFEST, json.dumps({
+        "format": SHARDS_FORMAT, "version": SHARDS_VERSION, "model": model, "kind": kind, "size": None,
+        "units": len(shards), "plan": "imported", "complete": True, "dim": dim, "count": count,
+        "shards": shards}, indent=1))
+    return count
+
+
 def is_shard_folder(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a folder written by :func:`extract_to_shards`."""
     manifest = Path(path) / MANIFEST

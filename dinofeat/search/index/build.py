@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -111,7 +112,7 @@ def add_rows(directory: str | os.PathLike[str], source: Source, *, model: str, k
     if world == 1:
         with exclusive(folder):
             info = _prepare(folder, job, source, model, kind, options or IndexOptions())
-            added = _encode_share(folder, job, info, source, 0, stage_memory, progress)
+            added = _encode_share(folder, job, info, source, 0, 1, stage_memory, progress)
             manifest = commit(folder, job, info, 1)
             return AddReport(added, manifest.count if manifest else 0, True)
     if rank == 0:
@@ -120,7 +121,7 @@ def add_rows(directory: str | os.PathLike[str], source: Source, *, model: str, k
         info = _train_job(job, info, source)
     else:
         info = _wait_for_job(folder, job)
-    added = _encode_share(folder, job, info, source.share(rank, world), rank, stage_memory, progress)
+    added = _encode_share(folder, job, info, source, rank, world, stage_memory, progress)
     with exclusive(folder):
         if not all((job / _done_name(r)).is_file() for r in range(world)):
             manifest = current_manifest(folder)
@@ -231,28 +232,41 @@ def _present(folder: Path, source: Source) -> pa.Array:
     return pc.take(wanted, pa.array(np.unique(hits), pa.int64()))
 
 
-def _encode_share(folder: Path, job: Path, info: dict[str, Any], source: Source, rank: int,
+def _new_rows(paths: Sequence[str] | pa.Array, present: pa.Array) -> np.ndarray:
+    """Mask of the ``paths`` not in ``present``."""
+    if not len(present):
+        return np.ones(len(paths), bool)
+    known = pc.is_in(pa.array(paths, pa.string()) if isinstance(paths, list) else paths, value_set=present)
+    mask: np.ndarray = ~known.to_numpy(zero_copy_only=False)
+    return mask
+
+
+def _encode_share(folder: Path, job: Path, info: dict[str, Any], source: Source, rank: int, world: int,
                   stage_memory: int, progress: bool) -> int:
-    """Encode this rank's rows into staged files, then write its done marker; returns the rows added."""
+    """Encode this rank's share of the rows into staged files, then write its done marker; returns the
+    rows it added.
+
+    Rows are numbered in source order: this rank's first row follows the new rows of the shares
+    before it (all of their rows for a new index; otherwise counted by checking their paths), so the
+    ranks' staged lists merge into ascending global ids without renumbering.
+    """
     done = job / _done_name(rank)
     if done.is_file():
         return int(json.loads(done.read_text())["count"])
     prefix = f"rank{rank:05d}"
     for stale in job.glob(f"*{prefix}*"):
         stale.unlink()
-    method = Method(**info["method"])
-    trained = job if info["new"] else folder
-    encoder = _Encoder(job, prefix, method, trained, info["base"], source, stage_memory)
     present = _present(folder, source)
-    bar = tqdm(total=source.count(), unit="row", desc=f"index (rank {rank})", disable=not progress,
+    before = sum(source.share(r, world).count() if not len(present) else
+                 int(_new_rows(source.share(r, world).all_paths(), present).sum()) for r in range(rank))
+    share = source.share(rank, world)
+    encoder = _Encoder(job, prefix, Method(**info["method"]), job if info["new"] else folder,
+                       info["base"] + before, share, stage_memory)
+    bar = tqdm(total=share.count(), unit="row", desc=f"index (rank {rank})", disable=not progress,
                dynamic_ncols=True)
     with bar:
-        for batch in source.batches():
-            keep = np.ones(len(batch.paths), bool)
-            if len(present):
-                known = pc.is_in(pa.array(batch.paths, pa.string()), value_set=present)
-                keep = ~known.to_numpy(zero_copy_only=False)
-            encoder.add(batch, keep)
+        for batch in share.batches():
+            encoder.add(batch, _new_rows(batch.paths, present))
             bar.update(len(batch.paths))
     marker = encoder.finish()
     write_text_atomically(done, json.dumps(marker))
@@ -274,7 +288,7 @@ class _Encoder:
         self.flush_rows = max(1, stage_memory // entry)
         self.staged: list[str] = []
         self.runs: list[np.ndarray] = []
-        self.local = self.count = 0
+        self.local = self.count = 0  # rows since the last staged file, rows of this rank
 
     def add(self, batch: Batch, keep: np.ndarray) -> None:
         if not keep.any():
@@ -282,7 +296,7 @@ class _Encoder:
         features = batch.features[keep]
         paths = [path for path, kept in zip(batch.paths, keep.tolist(), strict=True) if kept]
         if self.quantizer is not None:
-            self.quantizer.add_with_ids(features, self.base + self.local + np.arange(len(paths)))
+            self.quantizer.add_with_ids(features, self.base + self.count + np.arange(len(paths)))
         codes = features if self.method.exact else None
         if self.codec is not None:
             codes = self.codec.sa_encode(features)

@@ -28,7 +28,9 @@ from dinofeat.search.index.manifest import (
     INDEX_VERSION,
     LEGACY_VERSION,
     MANIFEST,
+    SHARDS,
     STORED,
+    IndexCorruptError,
     IndexMismatchError,
     Lists,
     Manifest,
@@ -44,6 +46,8 @@ from dinofeat.search.index.rows import PartRows, RowsWriter, codes_name, copy_ro
 from dinofeat.search.index.vectors import where_name
 
 _OWNED_PREFIXES = ("part-", "lists-", "features-", "faiss-")
+#: The files of a part's rows, by where its vectors are.
+_ROW_FILES = {STORED: (paths_name, codes_name), SHARDS: (paths_name, where_name)}
 
 
 def current_manifest(folder: Path, *, model: str | None = None, kind: str | None = None,
@@ -71,13 +75,18 @@ def current_manifest(folder: Path, *, model: str | None = None, kind: str | None
 
 
 def _adopt(folder: Path, job: Path, names: list[tuple[str, str]]) -> dict[str, list[int]]:
-    """Move staged files (staged name -> final name) into the index; their [size, crc32] by final name."""
+    """Move staged files (staged name -> final name) into the index; their [size, crc32] by final name.
+
+    A staged file already gone was moved by an earlier attempt of this commit that was interrupted:
+    only this job moves its staged files, so the file under the final name is that one.
+    """
     files = {}
     for staged, final in names:
-        source = job / staged
-        if source.exists():
-            source.replace(folder / final)
-            files[final] = describe_file(folder / final)
+        if (job / staged).exists():
+            (job / staged).replace(folder / final)
+        elif not (folder / final).exists():
+            raise IndexCorruptError(f"staged file {job / staged} is missing; run the job again")
+        files[final] = describe_file(folder / final)
     return files
 
 
@@ -93,20 +102,20 @@ def commit(folder: Path, job: Path, info: dict[str, Any], world: int) -> Manifes
         return manifest
     generation = info["generation"] + 1
     method = Method(**info["method"])
-    trained = manifest.trained if manifest else _adopt(folder, job, [(QUANTIZER_FILE, QUANTIZER_FILE),
-                                                                      (REFINE_FILE, REFINE_FILE)])
+    trained = {} if manifest is None and method.exact else manifest.trained if manifest else \
+        _adopt(folder, job, [(QUANTIZER_FILE, QUANTIZER_FILE), (REFINE_FILE, REFINE_FILE)])
     parts = list(manifest.parts) if manifest else []
     start = manifest.count if manifest else 0
     for rank, done in enumerate(dones):
         if done["count"]:
             name, prefix = f"{generation:06d}-{rank:05d}", f"rank{rank:05d}"
-            files = _adopt(folder, job, [(f(prefix), f(name)) for f in (paths_name, codes_name, where_name)])
+            files = _adopt(folder, job, [(f(prefix), f(name)) for f in _ROW_FILES[done["vectors"]]])
             parts.append(Part(name, start, done["count"], files, done["vectors"], done["shards"]))
             start += done["count"]
     lists = list(manifest.lists) if manifest else []
     if not method.exact:
         staged = [open_lists(job / name) for done in dones for name in done["lists"]]
-        lists.append(_merge_lists(folder, staged, f"{generation:06d}", shift_ids=True))
+        lists.append(_merge_lists(folder, staged, f"{generation:06d}"))
         del staged
     new = Manifest(info["model"], info["kind"], info["dim"], start, generation, method, tuple(parts),
                    tuple(lists), trained)
@@ -116,8 +125,8 @@ def commit(folder: Path, job: Path, info: dict[str, Any], world: int) -> Manifes
     return new
 
 
-def _merge_lists(folder: Path, inputs: list[Any], name: str, shift_ids: bool) -> Lists:
-    count = merge_on_disk(inputs, folder, name, shift_ids)
+def _merge_lists(folder: Path, inputs: list[Any], name: str) -> Lists:
+    count = merge_on_disk(inputs, folder, name)
     files = {file: describe_file(folder / file) for file in (header_name(name), data_name(name))}
     return Lists(name, count, files)
 
@@ -135,7 +144,7 @@ def compact(folder: Path, manifest: Manifest) -> Manifest:
     lists, parts, step = list(manifest.lists), list(manifest.parts), 0
     while len(lists) >= 2 and lists[-2].count < 2 * lists[-1].count:
         inputs = [open_lists(folder / header_name(e.name), folder / data_name(e.name)) for e in lists[-2:]]
-        merged = _merge_lists(folder, inputs, f"{manifest.generation:06d}-c{step}", shift_ids=False)
+        merged = _merge_lists(folder, inputs, f"{manifest.generation:06d}-c{step}")
         lists[-2:] = [merged]
         step += 1
     while (len(parts) >= 2 and parts[-2].vectors == parts[-1].vectors == STORED

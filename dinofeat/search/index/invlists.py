@@ -73,13 +73,13 @@ def write_staged(index: faiss.Index, path: Path) -> None:
     ivf.ntotal = index.ntotal = 0
 
 
-def merge_on_disk(inputs: Sequence[Any], directory: Path, name: str, shift_ids: bool) -> int:
+def merge_on_disk(inputs: Sequence[Any], directory: Path, name: str) -> int:
     """Merge opened inverted lists, in order, into the data file and header ``name`` in ``directory``.
 
     Args:
-        inputs: Inverted lists (:func:`open_lists`), all with the same lists and code size.
-        shift_ids: Each input numbers its entries from the same first row (staged files): shift each
-            input's ids by the entries of the inputs before it, so that they come out global.
+        inputs: Inverted lists (:func:`open_lists`), all with the same lists and code size, whose ids are
+            global row numbers (each input's rows after the previous input's: ids stay ascending in
+            every list).
 
     Returns:
         The number of entries merged.
@@ -91,7 +91,7 @@ def merge_on_disk(inputs: Sequence[Any], directory: Path, name: str, shift_ids: 
     for lists in inputs:
         pointers.push_back(lists)
     with _quiet_native_stdout():
-        count = int(merged.merge_from_multiple(pointers.data(), pointers.size(), shift_ids, False))
+        count = int(merged.merge_from_multiple(pointers.data(), pointers.size(), False, False))
     writer = faiss.FileIOWriter(str(directory / header_name(name)))
     try:
         faiss.write_InvertedLists(merged, writer)
@@ -111,7 +111,7 @@ def open_lists(header: Path, data: Path | None = None) -> Any:
     try:
         reader = faiss.FileIOReader(str(header))
         try:
-            lists: Any = _faiss.downcast_InvertedLists(_faiss.read_InvertedLists(reader, flags))
+            lists = _faiss.read_InvertedLists(reader, flags)
         finally:
             del reader
     except RuntimeError as error:
@@ -145,7 +145,9 @@ def stack(lists: Sequence[Any]) -> Any:
 def attach(index: Any, lists: Any, count: int, nprobe: int) -> Any:
     """``index`` (trained, empty) searching ``lists`` holding ``count`` entries, visiting ``nprobe`` lists."""
     ivf = ivf_of(index)
-    ivf.replace_invlists(lists, False)
+    # One file's lists (faiss objects Python cannot free) go with the index: unmapped when it is deleted.
+    # A stack belongs to Python; the lists under it stay mapped for the life of the process.
+    ivf.replace_invlists(lists, not isinstance(lists, faiss.HStackInvertedLists))
     index.referenced_objects = [lists]
     ivf.ntotal = index.ntotal = count
     ivf.nprobe = min(nprobe, ivf.nlist)

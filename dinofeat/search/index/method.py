@@ -124,6 +124,10 @@ def choose_method(count: int, dim: int, options: IndexOptions) -> Method:
         nlist = cells
     else:
         nlist = _check_factory(spec, dim)
+    refine_codec(options.refine, dim)
+    if count < max(nlist, 256):
+        raise ValueError(f"a compressed index ({spec}) trains on its rows: {count:,} are too few (at least "
+                         f"{max(nlist, 256):,}); use an exact index (index type 'Flat') or fewer lists")
     nprobe = options.nprobe or int(np.clip(nlist // 64, 16, 128))
     return Method(IVF, factory=spec, refine=options.refine, nprobe=nprobe, candidates=options.candidates)
 
@@ -156,12 +160,12 @@ def train(method: Method, sample: np.ndarray, directory: Path, seed: int) -> dic
     dim = sample.shape[1]
     assert method.factory is not None
     index = faiss.index_factory(dim, method.factory, faiss.METRIC_L2)
-    ivf = ivf_of(index)
+    ivf: Any = faiss.downcast_index(ivf_of(index))
     ivf.cp.seed = seed
-    pq = getattr(faiss.downcast_index(ivf), "pq", None)
-    if pq is not None:
-        pq.cp.niter = 10  # the codes only shortlist candidates: 10 k-means rounds are enough
-        pq.cp.seed = seed
+    if hasattr(ivf, "do_polysemous_training"):  # IVF-PQ
+        ivf.do_polysemous_training = False  # Hamming filtering is not used; it costs 20x the training
+        ivf.pq.cp.niter = 10  # the codes only shortlist candidates: 10 k-means rounds are enough
+        ivf.pq.cp.seed = seed
     index.train(sample)
     written = {"quantizer": directory / QUANTIZER_FILE, "refine": directory / REFINE_FILE}
     faiss.write_index(index, str(written["quantizer"]))

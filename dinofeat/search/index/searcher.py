@@ -17,6 +17,7 @@ from dinofeat.search.index.manifest import IndexCorruptError, Manifest, check_si
 from dinofeat.search.index.method import QUANTIZER_FILE, REFINE_FILE
 from dinofeat.search.index.vectors import PartReader
 
+_PAIR_BLOCK = 65536
 #: faiss' type stubs lack parts of the API used here (search parameters, transform chains).
 _faiss: Any = faiss
 
@@ -113,8 +114,8 @@ class Searcher:
         """Pairs (i, j), i in ``ids`` and i < j, of rows with exact cosine similarity >= ``threshold``.
 
         Candidates come from a range search (all rows for an exact index; the IVF codes of ``nprobe``
-        lists otherwise, with the radius widened by the codes' error so that no pair is missed for
-        want of precision); every candidate is then re-checked with exact vectors.
+        lists otherwise, the squared radius widened by the codes' squared error, so that pairs are not
+        missed for want of precision); every candidate is then re-checked with exact vectors.
 
         Returns:
             (i, j, similarity) arrays.
@@ -123,16 +124,19 @@ class Searcher:
         if self.ivf is None:
             lims, found = self._exact_range(queries, threshold)
         else:
-            radius = (np.sqrt(max(2.0 - 2.0 * threshold, 0.0)) + self.code_error()) ** 2
+            radius = max(2.0 - 2.0 * threshold, 0.0) + self.code_error() ** 2
             lims, _, found = self.ivf.range_search(queries, float(radius), params=self._params(nprobe))
-        first = np.repeat(ids, np.diff(lims).astype(np.int64))
-        keep = found > first
-        first, second = first[keep], found[keep]
+        rows = np.repeat(np.arange(len(ids)), np.diff(lims).astype(np.int64))
+        keep = found > ids[rows]
+        rows, second = rows[keep], found[keep]
         unique, inverse = np.unique(second, return_inverse=True)
-        rows = np.searchsorted(ids, first)
-        similarity = np.einsum("nd,nd->n", queries[rows], self.vectors(unique)[inverse])
+        vectors = self.vectors(unique)
+        similarity = np.empty(len(rows), np.float32)
+        for start in range(0, len(rows), _PAIR_BLOCK):  # bounded memory, however many candidates
+            block = slice(start, start + _PAIR_BLOCK)
+            similarity[block] = np.einsum("nd,nd->n", queries[rows[block]], vectors[inverse[block]])
         close = similarity >= threshold
-        return first[close], second[close], similarity[close]
+        return ids[rows[close]], second[close], similarity[close]
 
     def code_error(self) -> float:
         """The 99.9th percentile of the IVF codes' reconstruction error (L2, in the space searched)."""

@@ -68,8 +68,11 @@ class ShardVectors:
         self.reader = ShardRowReader(files, maps)
 
     def read(self, rows: np.ndarray) -> np.ndarray:
+        """Unit-norm vectors of part rows ``rows`` (shards hold the features as extracted)."""
         run = np.searchsorted(self.runs[:, 0], rows, side="right") - 1
-        return self.reader.read(self.runs[run, 1], self.runs[run, 2] + rows - self.runs[run, 0])
+        vectors = self.reader.read(self.runs[run, 1], self.runs[run, 2] + rows - self.runs[run, 0])
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors
 
 
 class PartReader:
