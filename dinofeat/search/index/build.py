@@ -56,7 +56,7 @@ from dinofeat.utils.locking import exclusive
 
 STAGING = ".staging-"
 JOB = "job.json"
-DEFAULT_STAGE_MEMORY = 1 << 30
+DEFAULT_STAGE_MEMORY = 256 << 20
 #: Seconds a rank waits for rank 0 to prepare the job (training a large index takes minutes).
 WAIT_TIMEOUT = 6 * 3600.0
 _POLL = 0.5

@@ -190,8 +190,10 @@ class ImageIndex:
     def save(self) -> AddReport:
         """Write the queued rows (those not yet indexed) under the index's lock and reload the index."""
         files = [name for names, _ in self._pending for name in names]
-        features = np.concatenate([array for _, array in self._pending]) if self._pending else \
-            np.zeros((0, self.dim), np.float32)
+        if not files:
+            self.last_added = 0
+            return AddReport(0, len(self), True)
+        features = np.concatenate([array for _, array in self._pending])
         report = add_rows(self.directory, ArraySource(files, features), model=self.model, kind=self.kind,
                           options=self.options, rank=0, world=1)
         self._pending = []

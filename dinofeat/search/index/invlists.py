@@ -6,7 +6,7 @@ faiss' own format. The staged files of every process are then merged on disk by 
 ``OnDiskInvertedLists.merge_from_multiple`` into one data file laid out list after list, plus a small
 header (faiss' ``ilod`` record: list sizes and offsets). Searching opens both memory-mapped and
 stacks the lists of every part (``HStackInvertedLists``): list ``i`` of the stack is list ``i`` of
-each part in turn, so an index grown by appends is searched as one.
+each lists file in turn, so an index grown by appends is searched as one.
 """
 
 from __future__ import annotations
@@ -69,7 +69,9 @@ def write_staged(index: faiss.Index, path: Path) -> None:
         faiss.write_InvertedLists(ivf.invlists, writer)
     finally:
         del writer  # closes the file
-    ivf.invlists.reset()
+    fresh = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    ivf.replace_invlists(fresh, True)  # frees the written lists (reset() would keep their memory)
+    fresh.this.disown()
     ivf.ntotal = index.ntotal = 0
 
 
