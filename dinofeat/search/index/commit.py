@@ -25,7 +25,6 @@ import numpy as np
 from dinofeat.search.index.invlists import data_name, header_name, merge_on_disk, open_lists
 from dinofeat.search.index.manifest import (
     EXACT,
-    INDEX_VERSION,
     LEGACY_VERSION,
     MANIFEST,
     SHARDS,
@@ -43,6 +42,7 @@ from dinofeat.search.index.manifest import (
 )
 from dinofeat.search.index.method import QUANTIZER_FILE, REFINE_FILE
 from dinofeat.search.index.rows import PartRows, RowsWriter, codes_name, copy_rows, paths_name
+from dinofeat.search.index.searcher import read_faiss
 from dinofeat.search.index.vectors import where_name
 
 _OWNED_PREFIXES = ("part-", "lists-", "features-", "faiss-")
@@ -102,8 +102,11 @@ def commit(folder: Path, job: Path, info: dict[str, Any], world: int) -> Manifes
         return manifest
     generation = info["generation"] + 1
     method = Method(**info["method"])
-    trained = {} if manifest is None and method.exact else manifest.trained if manifest else \
-        _adopt(folder, job, [(QUANTIZER_FILE, QUANTIZER_FILE), (REFINE_FILE, REFINE_FILE)])
+    if manifest is not None:
+        trained = manifest.trained
+    else:  # a new index: its trained quantiser and codec, if compressed
+        trained = {} if method.exact else _adopt(folder, job, [(QUANTIZER_FILE, QUANTIZER_FILE),
+                                                                (REFINE_FILE, REFINE_FILE)])
     parts = list(manifest.parts) if manifest else []
     start = manifest.count if manifest else 0
     for rank, done in enumerate(dones):
@@ -131,12 +134,11 @@ def _merge_lists(folder: Path, inputs: list[Any], name: str) -> Lists:
     return Lists(name, count, files)
 
 
-def _codes_spec(folder: Path, manifest: Manifest) -> tuple[int, type] | None:
+def _codes_spec(folder: Path, manifest: Manifest) -> tuple[int, type]:
+    """(width, dtype) of stored codes: float32 vectors if exact, else the refine codec's bytes."""
     if manifest.method.type == EXACT:
         return manifest.dim, np.float32
-    import faiss
-
-    return int(faiss.read_index(str(folder / REFINE_FILE)).sa_code_size()), np.uint8
+    return int(read_faiss(folder / REFINE_FILE).sa_code_size()), np.uint8
 
 
 def compact(folder: Path, manifest: Manifest) -> Manifest:
@@ -170,5 +172,3 @@ def collect_garbage(folder: Path, manifest: Manifest) -> None:
                 path.name.startswith(_OWNED_PREFIXES) or path.name in (QUANTIZER_FILE, REFINE_FILE)):
             path.unlink(missing_ok=True)
 
-
-__all__ = ["INDEX_VERSION", "collect_garbage", "commit", "compact", "current_manifest"]

@@ -69,7 +69,7 @@ def write_staged(index: faiss.Index, path: Path) -> None:
         faiss.write_InvertedLists(ivf.invlists, writer)
     finally:
         del writer  # closes the file
-    fresh = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    fresh = _faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
     ivf.replace_invlists(fresh, True)  # frees the written lists (reset() would keep their memory)
     fresh.this.disown()
     ivf.ntotal = index.ntotal = 0

@@ -56,9 +56,10 @@ class Searcher:
                               manifest.method.nprobe)
 
     def _locate(self, ids: np.ndarray) -> np.ndarray:
-        if ids.size and (ids.min() < 0 or ids.max() >= self.manifest.count):
-            raise IndexCorruptError(f"index {self.directory}: its inverted lists name row {int(ids.max())}, "
-                                    f"beyond its {self.manifest.count} rows (damaged lists file)")
+        bad = ids[(ids < 0) | (ids >= self.manifest.count)]
+        if bad.size:
+            raise IndexCorruptError(f"index {self.directory}: its inverted lists name row {int(bad[0])}, "
+                                    f"outside its {self.manifest.count} rows (a damaged lists file)")
         return np.searchsorted(self.starts, ids, side="right") - 1
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
