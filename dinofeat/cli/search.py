@@ -24,7 +24,7 @@ from dinofeat.features.extractor import FeatureExtractor
 from dinofeat.features.image_files import drop_unreadable, extract_features
 from dinofeat.features.model_ids import RANDOM_INIT_SEED, model_id
 from dinofeat.features.stores.shards import is_shard_folder, shard_manifest
-from dinofeat.search.dedup import DEDUP_NPROBE, check_threshold, duplicate_groups, index_duplicate_groups
+from dinofeat.search.dedup import DEDUP_CODES, check_threshold, duplicate_groups, index_duplicate_groups
 from dinofeat.search.descriptors import descriptor_fn
 from dinofeat.search.index import ImageIndex, IndexOptions, parse_size
 from dinofeat.search.index.manifest import MANIFEST
@@ -159,8 +159,7 @@ def _source_of(identity: str) -> tuple[str, bool]:
 
 def _dedup_index(args: argparse.Namespace) -> int:
     index = ImageIndex.open(args.folder)
-    groups = index_duplicate_groups(index, args.threshold, nprobe=args.nprobe or DEDUP_NPROBE,
-                                    progress=not args.no_progress)
+    groups = index_duplicate_groups(index, args.threshold, nprobe=args.nprobe, progress=not args.no_progress)
     named = [index.paths(group) for group in groups]
     for number, group in enumerate(named, start=1):
         print(f"group {number}: " + "  ".join(group))
@@ -245,7 +244,7 @@ def add_parsers(subparsers: Any) -> None:
                                       "(of any size)")
     dedup.add_argument("--threshold", type=float, required=True, help="cosine similarity, e.g. 0.9")
     dedup.add_argument("--nprobe", type=int, help=f"for an index: inverted lists searched per image "
-                                                  f"(default {DEDUP_NPROBE})")
+                                                  f"(default: those holding about {DEDUP_CODES} images)")
     dedup.add_argument("--gem", action="store_true", help="descriptor CLS ⊕ GeM(p=4) of patch tokens")
     dedup.add_argument("--json", help="write groups as JSON")
     add_model_options(dedup)

@@ -4,11 +4,14 @@ Two ways: :func:`duplicate_groups` compares all pairs of a feature matrix (a fol
 :func:`index_duplicate_groups` works on an :class:`~dinofeat.search.index.ImageIndex` of any size:
 each row's candidates come from a range search on the index (the rows of a few inverted lists),
 every candidate pair is re-checked with exact vectors, and the pairs are joined into groups with a
-union-find. Each row is compared with the rows of ``nprobe`` lists only, so the time grows with the
-number of rows times the size of a list, not with the number of pairs.
+union-find. Each row is compared with the rows of a few lists only (by default as many lists as hold
+about :data:`DEDUP_CODES` rows, at least 2: near-duplicates share a cell or a neighbouring one), so the
+work per row stays about the same as the index grows, instead of growing with the number of rows.
 """
 
 from __future__ import annotations
+
+import math
 
 import faiss
 import numpy as np
@@ -17,8 +20,8 @@ from tqdm.auto import tqdm
 
 from dinofeat.search.index import ImageIndex
 
-#: Inverted lists a row's duplicates are looked for in (near-duplicates share a list or a neighbour).
-DEDUP_NPROBE = 8
+#: Rows of the inverted lists a row's duplicates are looked for in, by default.
+DEDUP_CODES = 2048
 DEDUP_CHUNK = 8192
 
 
@@ -83,20 +86,27 @@ def duplicate_groups(features: torch.Tensor, threshold: float) -> list[list[int]
     return groups_of_pairs(first, neighbours.astype(np.int64))
 
 
-def index_duplicate_groups(index: ImageIndex, threshold: float, *, nprobe: int = DEDUP_NPROBE,
+def dedup_nprobe(index: ImageIndex) -> int:
+    """Lists to search per row: those holding about :data:`DEDUP_CODES` rows, at least 2."""
+    lists = index.lists()
+    return max(2, math.ceil(DEDUP_CODES * lists / max(len(index), 1))) if lists else 0
+
+
+def index_duplicate_groups(index: ImageIndex, threshold: float, *, nprobe: int | None = None,
                            chunk: int = DEDUP_CHUNK, progress: bool = False) -> list[list[int]]:
     """Groups (size >= 2) of the index's rows linked by pairs with exact cosine similarity >= ``threshold``.
 
     Args:
         index: Any index (exact: all pairs are candidates; compressed: a range search, see the module
             docstring).
-        nprobe: Inverted lists searched per row.
+        nprobe: Inverted lists searched per row (default :func:`dedup_nprobe`).
         chunk: Rows searched at a time (bounds the memory of candidate pairs).
 
     Returns:
         Groups of row ids (see :meth:`ImageIndex.paths`), each sorted, ordered by their first id.
     """
     check_threshold(threshold)
+    nprobe = nprobe or dedup_nprobe(index)
     firsts, seconds = [], []
     starts = range(0, len(index), chunk)
     for start in tqdm(starts, desc="near-duplicates", unit="chunk", disable=not progress):

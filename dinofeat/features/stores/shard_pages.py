@@ -7,7 +7,7 @@ writes), every data page holds whole rows of ``dim`` little-endian float32 value
 bytes, so a row's features are ``dim * 4`` bytes at a computable offset. :func:`page_map` walks the
 page headers once (a few bytes each, read with a minimal Thrift compact-protocol decoder) and
 records, per page, its first row and where its values start; :class:`ShardRowReader` then reads rows
-through a memory map.
+with one positioned read each.
 
 Shards written otherwise (compressed or dictionary-encoded, by older versions or other tools) raise
 :class:`ShardLayoutError` with the reason; callers then keep their own copy of the features.
@@ -15,7 +15,9 @@ Shards written otherwise (compressed or dictionary-encoded, by older versions or
 
 from __future__ import annotations
 
+import os
 import struct
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,32 +203,70 @@ def page_map(path: str | Path, column: str = FEATURE_COLUMN) -> PageMap:
     return PageMap(np.asarray(first_rows, np.int64), np.asarray(offsets, np.int64), row, dim)
 
 
-class ShardRowReader:
-    """The features of chosen rows of several shards, read through memory maps of the shard files."""
+def read_features(path: str | Path, pages: PageMap) -> np.ndarray:
+    """All (rows, dim) float32 features of a plain shard, read page by page straight into one array.
 
-    def __init__(self, files: Sequence[Path], maps: Sequence[PageMap]) -> None:
+    Unlike decoding the Parquet column (levels, validity, list offsets: about 5x the features in memory),
+    this holds nothing but the result.
+    """
+    out = np.empty((pages.rows, pages.dim), np.float32)
+    stops = [*pages.first_rows[1:].tolist(), pages.rows]
+    with open(path, "rb") as handle:
+        for first, stop, offset in zip(pages.first_rows.tolist(), stops, pages.offsets.tolist(), strict=True):
+            handle.seek(offset)
+            values = np.fromfile(handle, dtype="<f4", count=(stop - first) * pages.dim)  # one page
+            if len(values) != (stop - first) * pages.dim:
+                raise ShardLayoutError(f"{path} ends inside a data page")
+            out[first:stop] = values.reshape(-1, pages.dim)
+    return out
+
+
+class ShardRowReader:
+    """The features of chosen rows of several shards, each row one positioned read (``os.pread``).
+
+    Reads leave no mapping behind (the process's resident memory does not grow with the rows read) and at
+    most ``open_files`` shard files are open at a time, however many shards there are.
+    """
+
+    def __init__(self, files: Sequence[Path], maps: Sequence[PageMap], open_files: int = 64) -> None:
         if len(files) != len(maps) or len({m.dim for m in maps}) > 1:
             raise ValueError("one page map per shard, all of one dimension")
         self.files = list(files)
         self.maps = list(maps)
         self.dim = maps[0].dim if maps else 0
-        self._maps: dict[int, np.memmap] = {}
+        self._open: OrderedDict[int, int] = OrderedDict()
+        self._limit = open_files
 
-    def _bytes(self, shard: int) -> np.memmap:
-        if shard not in self._maps:
-            self._maps[shard] = np.memmap(self.files[shard], dtype=np.uint8, mode="r")
-        return self._maps[shard]
+    def _descriptor(self, shard: int) -> int:
+        if shard in self._open:
+            self._open.move_to_end(shard)
+            return self._open[shard]
+        if len(self._open) >= self._limit:
+            os.close(self._open.popitem(last=False)[1])
+        self._open[shard] = os.open(self.files[shard], os.O_RDONLY)
+        return self._open[shard]
 
     def read(self, shards: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """(n, dim) float32 features of row ``rows[i]`` of shard ``shards[i]``, in the given order."""
         out = np.empty((len(rows), self.dim), np.float32)
         width = self.dim * 4
         for shard in np.unique(shards).tolist():
-            mask = shards == shard
+            where = np.flatnonzero(shards == shard)
             pages = self.maps[shard]
-            wanted = rows[mask]
+            wanted = rows[where]
             page = np.searchsorted(pages.first_rows, wanted, side="right") - 1
             starts = pages.offsets[page] + (wanted - pages.first_rows[page]) * width
-            raw = self._bytes(shard)[starts[:, None] + np.arange(width)]
-            out[mask] = raw.view("<f4").reshape(len(wanted), self.dim)
+            descriptor = self._descriptor(shard)
+            for slot, start in zip(where.tolist(), starts.tolist(), strict=True):
+                raw = os.pread(descriptor, width, start)
+                if len(raw) != width:
+                    raise ShardLayoutError(f"{self.files[shard]} is shorter than its pages say (truncated?)")
+                out[slot] = np.frombuffer(raw, "<f4")
         return out
+
+    def close(self) -> None:
+        while self._open:
+            os.close(self._open.popitem()[1])
+
+    def __del__(self) -> None:
+        self.close()

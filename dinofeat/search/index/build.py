@@ -211,14 +211,14 @@ def draw_sample(source: Source, size: int, seed: int) -> np.ndarray:
     """``size`` rows drawn uniformly (without replacement) from the whole source, in one pass."""
     count = source.count()
     chosen = np.sort(np.random.default_rng(seed).choice(count, size=min(size, count), replace=False))
-    picked, start = [], 0
+    sample = np.empty((len(chosen), source.dim), np.float32)
+    start = 0
     for batch in source.batches():
         stop = start + len(batch.paths)
         lo, hi = np.searchsorted(chosen, [start, stop])
-        if hi > lo:
-            picked.append(batch.features[chosen[lo:hi] - start])
+        sample[lo:hi] = batch.features[chosen[lo:hi] - start]
         start = stop
-    return np.ascontiguousarray(np.concatenate(picked), np.float32)
+    return sample
 
 
 def _present(folder: Path, source: Source) -> pa.Array:

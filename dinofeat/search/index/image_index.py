@@ -289,6 +289,10 @@ class ImageIndex:
         if self.manifest is not None:
             verify_files(self.directory, self.manifest.files())
 
+    def lists(self) -> int:
+        """Inverted lists of a compressed index (0 if exact)."""
+        return self._searcher.ivf_lists() if isinstance(self._searcher, Searcher) else 0
+
     def near_pairs(self, ids: np.ndarray, threshold: float, nprobe: int) -> tuple[np.ndarray, np.ndarray,
                                                                                  np.ndarray]:
         """Pairs (i, j) with i in ``ids``, i < j, and exact cosine similarity >= ``threshold``, with it.

@@ -162,6 +162,7 @@ def train(method: Method, sample: np.ndarray, directory: Path, seed: int) -> dic
     index = faiss.index_factory(dim, method.factory, faiss.METRIC_L2)
     ivf: Any = faiss.downcast_index(ivf_of(index))
     ivf.cp.seed = seed
+    ivf.cp.niter = 10  # k-means rounds (faiss: 25): the cells only choose where to look
     if hasattr(ivf, "do_polysemous_training"):  # IVF-PQ
         ivf.do_polysemous_training = False  # Hamming filtering is not used; it costs 20x the training
         ivf.pq.cp.niter = 10  # the codes only shortlist candidates: 10 k-means rounds are enough

@@ -95,9 +95,12 @@ class Searcher:
         _, ids = self.ivf.search(queries, wanted, params=self._params(nprobe or method.nprobe))
         return self.rerank(queries, ids, top)
 
+    def ivf_lists(self) -> int:
+        return 0 if self.ivf is None else int(faiss.extract_index_ivf(self.ivf).nlist)
+
     def _params(self, nprobe: int) -> Any:
         params = _faiss.SearchParametersIVF()
-        params.nprobe = min(nprobe, int(faiss.extract_index_ivf(self.ivf).nlist))
+        params.nprobe = min(nprobe, self.ivf_lists())
         return params
 
     def rerank(self, queries: np.ndarray, ids: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:

@@ -14,12 +14,20 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from dinofeat.features.stores.shard_pages import FEATURE_COLUMN, PageMap, ShardLayoutError, page_map
-from dinofeat.features.stores.shards import iter_shard_tables, shard_manifest
+from dinofeat.features.stores.shard_pages import (
+    FEATURE_COLUMN,
+    PageMap,
+    ShardLayoutError,
+    page_map,
+    read_features,
+)
+from dinofeat.features.stores.shards import ShardError, shard_manifest, table_features
 
 _log = logging.getLogger(__name__)
 ARRAY_BATCH = 65536
@@ -35,10 +43,12 @@ class Batch:
     rows: np.ndarray | None = None
 
 
-def unit_rows(features: np.ndarray) -> np.ndarray:
-    """float32 copy of ``features`` with rows scaled to unit L2 norm (zero rows stay zero)."""
-    array = np.array(features, dtype=np.float32)
-    array /= np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)
+def unit_rows(features: np.ndarray, copy: bool = True) -> np.ndarray:
+    """``features`` as float32 with rows scaled to unit L2 norm (zero rows stay zero); in place if
+    ``copy`` is false and they are float32 already."""
+    array = np.array(features, dtype=np.float32, copy=copy or None)
+    norms = np.sqrt(np.einsum("ij,ij->i", array, array))  # no (n, dim) temporary, unlike np.linalg.norm
+    array /= np.maximum(norms, 1e-12)[:, None]
     return array
 
 
@@ -85,6 +95,7 @@ class ShardSource:
         self._first = first
         self.shards = [s for s in self.meta["shards"] if s["count"]][first:last]
         self.dim = int(self.meta.get("dim") or 0)
+        self._maps: dict[str, PageMap | str] = {}  # file -> page map, or why it has none
 
     def count(self) -> int:
         return sum(int(s["count"]) for s in self.shards)
@@ -98,30 +109,51 @@ class ShardSource:
         total, first = len(self.shards), self._first
         return ShardSource(self.folder, first + total * rank // world, first + total * (rank + 1) // world)
 
-    def _tables(self) -> Iterator[tuple[int, pa.Table]]:
-        wanted = {s["file"] for s in self.shards}
-        yield from enumerate(iter_shard_tables(self.folder, only=wanted))
+    def _pages(self, shard: dict[str, Any]) -> PageMap | None:
+        """The shard's page map, or None if it cannot be read row by row (the reason is kept)."""
+        name = shard["file"]
+        if name not in self._maps:
+            try:
+                pages: PageMap | str = page_map(self.folder / name)
+            except ShardLayoutError as error:
+                pages = str(error)
+            if isinstance(pages, PageMap) and pages.rows != shard["count"]:
+                raise ShardError(f"shard {self.folder / name} holds {pages.rows} rows, the manifest says "
+                                 f"{shard['count']}; extract it again")
+            self._maps[name] = pages
+        found = self._maps[name]
+        return found if isinstance(found, PageMap) else None
 
     def all_paths(self) -> pa.Array:
-        columns = [table.column("path").combine_chunks() for _, table in self._tables()]
+        columns = [pq.read_table(self.folder / s["file"], columns=["path"]).column(0).combine_chunks()
+                   for s in self.shards]
         return pa.concat_arrays(columns) if columns else pa.array([], pa.string())
 
     def batches(self) -> Iterator[Batch]:
-        for number, table in self._tables():
-            column = table.column(FEATURE_COLUMN).combine_chunks()
-            values = column.flatten().to_numpy(zero_copy_only=False)
-            features = unit_rows(values.reshape(-1, column.type.list_size))
-            yield Batch(table.column("path").to_pylist(), features, number, np.arange(len(features)))
+        """One batch per shard, holding little more than the shard's features (see ``read_features``)."""
+        for number, shard in enumerate(self.shards):
+            path = self.folder / shard["file"]
+            pages = self._pages(shard)
+            if pages is not None:
+                features = unit_rows(read_features(path, pages), copy=False)
+                paths = pq.read_table(path, columns=["path"]).column(0).to_pylist()
+            else:
+                table = pq.read_table(path, columns=["path", FEATURE_COLUMN])
+                decoded, paths = table_features(table)
+                features = unit_rows(decoded.numpy(), copy=False)
+                del table, decoded
+            pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed memory otherwise
+            yield Batch(paths, features, number, np.arange(len(features)))
 
     def shard_files(self) -> list[tuple[Path, PageMap]] | None:
         """Each shard file with its page map, or None (logged) if a shard cannot serve single rows."""
-        found = []
-        for shard in self.shards:
-            path = self.folder / shard["file"]
-            try:
-                found.append((path, page_map(path)))
-            except ShardLayoutError as error:
-                _log.warning("%s: %s; the index stores its own copy of the vectors (shards written by this "
-                             "version of `dinofeat embed` are read in place)", path, error)
-                return None
-        return found
+        maps = [(self.folder / s["file"], self._pages(s)) for s in self.shards]
+        plain = [(path, pages) for path, pages in maps if pages is not None]
+        if len(plain) < len(maps):
+            path = next(path for path, pages in maps if pages is None)
+            _log.warning("%d of the %d shards of %s cannot be read row by row (%s: %s); the index stores "
+                         "its own copy of the vectors (shards written by this version of `dinofeat embed` "
+                         "are read in place)", len(maps) - len(plain), len(maps), self.folder, path.name,
+                         self._maps[path.name])
+            return None
+        return plain

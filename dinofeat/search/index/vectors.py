@@ -3,7 +3,7 @@
 A part built from a shard folder whose shards store features plainly keeps no copy of the vectors:
 ``part-NAME.where.npz`` maps each row to its shard and row there (runs of consecutive rows) and
 holds the shards' page maps (:mod:`dinofeat.features.stores.shard_pages`), so a candidate's exact
-vector is ``dim * 4`` bytes read from a memory-mapped shard. Other parts store codes (``float32``
+vector is ``dim * 4`` bytes read from a shard file at a known offset. Other parts store codes (``float32``
 vectors in an exact index, or refine codes decoded by the index's codec).
 """
 
