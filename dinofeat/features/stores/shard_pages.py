@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -236,6 +237,7 @@ class ShardRowReader:
         self.dim = maps[0].dim if maps else 0
         self._open: OrderedDict[int, int] = OrderedDict()
         self._limit = open_files
+        self._lock = threading.Lock()  # searches from several threads share the open files
 
     def _descriptor(self, shard: int) -> int:
         if shard in self._open:
@@ -250,6 +252,11 @@ class ShardRowReader:
         """(n, dim) float32 features of row ``rows[i]`` of shard ``shards[i]``, in the given order."""
         out = np.empty((len(rows), self.dim), np.float32)
         width = self.dim * 4
+        with self._lock:
+            self._read_into(out, shards, rows, width)
+        return out
+
+    def _read_into(self, out: np.ndarray, shards: np.ndarray, rows: np.ndarray, width: int) -> None:
         for shard in np.unique(shards).tolist():
             where = np.flatnonzero(shards == shard)
             pages = self.maps[shard]
@@ -262,7 +269,6 @@ class ShardRowReader:
                 if len(raw) != width:
                     raise ShardLayoutError(f"{self.files[shard]} is shorter than its pages say (truncated?)")
                 out[slot] = np.frombuffer(raw, "<f4")
-        return out
 
     def close(self) -> None:
         while self._open:

@@ -11,6 +11,7 @@ A part's rows are two files, both read without loading them:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -86,6 +87,7 @@ class PartRows:
             raise IndexCorruptError(f"index {directory}: {paths.name} holds {self._group_starts[-1]} paths "
                                     f"(columns {self._table.schema_arrow.names}), the manifest says {count}")
         self._name = paths.name
+        self._lock = threading.Lock()
 
     def paths(self, rows: np.ndarray) -> list[str]:
         """The paths of ``rows`` (row numbers within the part), in the given order."""
@@ -93,7 +95,8 @@ class PartRows:
         found: dict[int, str] = {}
         for group in np.unique(groups).tolist():
             try:
-                column = self._table.read_row_group(group, columns=["path"]).column(0)
+                with self._lock:  # one reader of the file at a time (searches may come from several threads)
+                    column = self._table.read_row_group(group, columns=["path"]).column(0)
             except (pa.ArrowException, OSError) as error:
                 raise IndexCorruptError(f"{self._name}: row group {group} cannot be read ({error})") from None
             first = int(self._group_starts[group])
