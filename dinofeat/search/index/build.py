@@ -60,6 +60,7 @@ DEFAULT_STAGE_MEMORY = 256 << 20
 #: Seconds a rank waits for rank 0 to prepare the job (training a large index takes minutes).
 WAIT_TIMEOUT = 6 * 3600.0
 _POLL = 0.5
+_ADD_ROWS = 16384
 
 
 class Source(Protocol):
@@ -218,6 +219,7 @@ def draw_sample(source: Source, size: int, seed: int) -> np.ndarray:
         lo, hi = np.searchsorted(chosen, [start, stop])
         sample[lo:hi] = batch.features[chosen[lo:hi] - start]
         start = stop
+        del batch  # before the next shard is read
     return sample
 
 
@@ -268,6 +270,7 @@ def _encode_share(folder: Path, job: Path, info: dict[str, Any], source: Source,
         for batch in share.batches():
             encoder.add(batch, _new_rows(batch.paths, present))
             bar.update(len(batch.paths))
+            del batch  # before the next shard is read
     marker = encoder.finish()
     write_text_atomically(done, json.dumps(marker))
     return int(marker["count"])
@@ -293,10 +296,15 @@ class _Encoder:
     def add(self, batch: Batch, keep: np.ndarray) -> None:
         if not keep.any():
             return
-        features = batch.features[keep]
-        paths = [path for path, kept in zip(batch.paths, keep.tolist(), strict=True) if kept]
+        if keep.all():  # the usual case: no copy
+            features, paths = batch.features, batch.paths
+        else:
+            features = batch.features[keep]
+            paths = [path for path, kept in zip(batch.paths, keep.tolist(), strict=True) if kept]
         if self.quantizer is not None:
-            self.quantizer.add_with_ids(features, self.base + self.count + np.arange(len(paths)))
+            for start in range(0, len(paths), _ADD_ROWS):  # bounds faiss' temporaries (projections, residuals)
+                rows = features[start:start + _ADD_ROWS]
+                self.quantizer.add_with_ids(rows, self.base + self.count + start + np.arange(len(rows)))
         codes = features if self.method.exact else None
         if self.codec is not None:
             codes = self.codec.sa_encode(features)

@@ -143,7 +143,10 @@ class ShardSource:
                 features = unit_rows(decoded.numpy(), copy=False)
                 del table, decoded
             pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed memory otherwise
-            yield Batch(paths, features, number, np.arange(len(features)))
+            batch = Batch(paths, features, number, np.arange(len(features)))
+            del features, paths  # while the next shard is read, only the consumer holds this one
+            yield batch
+            del batch
 
     def shard_files(self) -> list[tuple[Path, PageMap]] | None:
         """Each shard file with its page map, or None (logged) if a shard cannot serve single rows."""
