@@ -302,7 +302,7 @@ class _Encoder:
             features = batch.features[keep]
             paths = [path for path, kept in zip(batch.paths, keep.tolist(), strict=True) if kept]
         if self.quantizer is not None:
-            for start in range(0, len(paths), _ADD_ROWS):  # bounds faiss' temporaries (projections, residuals)
+            for start in range(0, len(paths), _ADD_ROWS):  # bounds faiss' temporary projections
                 rows = features[start:start + _ADD_ROWS]
                 self.quantizer.add_with_ids(rows, self.base + self.count + start + np.arange(len(rows)))
         codes = features if self.method.exact else None
