@@ -19,7 +19,6 @@ next write.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,7 +46,6 @@ from dinofeat.search.index.method import IndexOptions
 from dinofeat.search.index.searcher import Searcher
 from dinofeat.search.index.sources import ArraySource, ShardSource, unit_rows
 
-_log = logging.getLogger(__name__)
 #: Times a reader re-reads the manifest when a writer replaced its files while it was opening them.
 READ_ATTEMPTS = 5
 
