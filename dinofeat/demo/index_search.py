@@ -52,8 +52,7 @@ class IndexSearch:
         with torch.inference_mode():
             query = descriptor_fn(model, self.index.kind)(batch.to(model.device))
         hits = self.index.search(query.cpu(), top=top)[0]
-        positions = {path: i for i, path in enumerate(self.index.files)}
-        rows = [{"position": positions[h.path], "name": os.path.basename(h.path), "score": round(h.score, 4)}
+        rows = [{"position": h.id, "name": os.path.basename(h.path), "score": round(h.score, 4)}
                 for h in hits]
         return Neighbours(rows, f"{len(rows)} nearest of {len(self.index)} indexed images")
 
@@ -66,7 +65,7 @@ class IndexSearch:
         """
         if not 0 <= position < len(self.index):
             raise IndexError(f"the index holds {len(self.index)} images; there is no #{position}")
-        image = open_image(self.index.files[position])
+        image = open_image(self.index.paths([position])[0])
         image.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=85)

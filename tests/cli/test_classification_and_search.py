@@ -16,7 +16,7 @@ import dinofeat
 from dinofeat.cli import main
 from dinofeat.data.files import scan_image_folder
 from dinofeat.evaluation.knn import knn_classify
-from dinofeat.search.index import ImageIndex, IndexMismatchError
+from dinofeat.search.index import ImageIndex, IndexCorruptError, IndexMismatchError
 from tests.helpers.common import shared_path
 from tests.helpers.evaluation import save_tiny_model
 
@@ -295,21 +295,20 @@ def test_index_and_dedup_skip_unreadable_images(tmp_path, capsys):
     assert "among 3 images" in capsys.readouterr().out
 
 
-def test_damaged_index_parts(tmp_path, caplog):
+def test_damaged_index_parts(tmp_path, capsys):
     model, gallery = _model_and_gallery(tmp_path)
     index_dir = tmp_path / "index"
     assert main(["index", str(gallery), "-o", str(index_dir), "--model", str(model), *COMMON]) == 0
     queries = ImageIndex.open(index_dir).features[:2]
-    expected = ImageIndex.open(index_dir).search(queries, top=3)
-    # The faiss file only mirrors the stored features: a truncated one is rebuilt, with a warning.
-    faiss_file = next(index_dir.glob("faiss-*.index"))
-    faiss_file.write_bytes(faiss_file.read_bytes()[:60])
-    assert ImageIndex.open(index_dir).search(queries, top=3) == expected
-    assert "rebuilt from features-" in caplog.text
-    features_file = next(index_dir.glob("features-*.safetensors"))
-    features_file.write_bytes(features_file.read_bytes()[:60])
-    with pytest.raises(IndexMismatchError, match=r"is damaged: features-\d+\.safetensors cannot be read"):
+    assert [h.path for h in ImageIndex.open(index_dir).search(queries, top=1)[0]] == [str(gallery / "0.png")]
+    # A truncated part is one error naming the file, at open, and `dinofeat search` prints it.
+    codes = next(index_dir.glob("part-*.codes"))
+    codes.write_bytes(codes.read_bytes()[:60])
+    with pytest.raises(IndexCorruptError, match=rf"{codes.name} has 60 bytes, the manifest says \d+"):
         ImageIndex.open(index_dir)
+    capsys.readouterr()
+    assert main(["search", str(index_dir), str(gallery / "0.png"), *COMMON]) == 2
+    assert f"{codes.name} has 60 bytes" in capsys.readouterr().err
     (index_dir / "manifest.json").write_text("{")
     with pytest.raises(IndexMismatchError, match=r"manifest\.json is not valid JSON"):
         ImageIndex.open(index_dir)

@@ -76,8 +76,9 @@ def test_four_index_processes_extending_one_index_keep_every_image(tmp_path):
     reference = ImageIndex.open(_single_index(tmp_path, model, folders[2]))
     rows = [index.files.index(name) for name in reference.files]
     assert np.allclose(index.features[rows].numpy(), reference.features.numpy(), atol=1e-6)
-    assert sorted(p.name for p in index_dir.iterdir()) == ["faiss-5.index", "features-5.safetensors",
-                                                           "manifest.json"]
+    # Five commits, and nothing left behind: the folder holds the manifest and the files it lists.
+    assert index.generation == 5
+    assert sorted(p.name for p in index_dir.iterdir()) == sorted(["manifest.json", *index.manifest.files()])
 
 
 def _single_index(tmp_path: Path, model: Path, folder: Path) -> Path:
@@ -134,24 +135,22 @@ def test_a_killed_lock_holder_blocks_no_one(tmp_path):
 
 
 def test_a_reader_whose_generation_is_replaced_reads_the_new_one(tmp_path, monkeypatch):
-    import dinofeat.search.index as index_module
+    import dinofeat.search.index.image_index as image_index
 
     first = torch.nn.functional.normalize(torch.randn(2, 4))
     index_dir = tmp_path / "index"
     ImageIndex.extend(index_dir, ["/a.png", "/b.png"], first, model="m", kind="cls")
-    real_load = index_module.load_file
+    real_searcher = image_index.Searcher
     calls = []
 
-    def writer_commits_meanwhile(path: str):
-        if not calls:  # a writer commits generation 2 (deleting 1) just before the reader loads 1
-            calls.append(path)
-            monkeypatch.setattr(index_module, "load_file", real_load)
-            ImageIndex.extend(index_dir, ["/c.png"], torch.nn.functional.normalize(torch.randn(1, 4)),
-                              model="m", kind="cls")
-            monkeypatch.setattr(index_module, "load_file", writer_commits_meanwhile)
-        return real_load(path)
+    def writer_commits_meanwhile(directory, manifest):
+        if not calls:  # a writer commits generation 2 (merging away 1's part) just before the reader opens 1
+            calls.append(manifest.generation)
+            more = torch.nn.functional.normalize(torch.randn(2, 4))
+            ImageIndex.extend(index_dir, ["/c.png", "/d.png"], more, model="m", kind="cls")
+        return real_searcher(directory, manifest)
 
-    monkeypatch.setattr(index_module, "load_file", writer_commits_meanwhile)
+    monkeypatch.setattr(image_index, "Searcher", writer_commits_meanwhile)
     reopened = ImageIndex.open(index_dir)
-    assert calls[0].endswith("features-1.safetensors")
-    assert reopened.generation == 2 and reopened.files == ["/a.png", "/b.png", "/c.png"]
+    assert calls == [1]
+    assert reopened.generation == 2 and reopened.files == ["/a.png", "/b.png", "/c.png", "/d.png"]

@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from dinofeat.data.collections import UNIT_FAILED, Sample, Unit, UnitImages
 from dinofeat.data.preprocess import Size
 from dinofeat.features.extractor import FeatureExtractor
 from dinofeat.features.loop import image_loader, run_batches
+from dinofeat.features.stores.shard_pages import FEATURE_COLUMN
 from dinofeat.utils.atomic_write import replace_atomically, write_text_atomically
 from dinofeat.utils.errors import DinofeatError, ImageReadError
 from dinofeat.utils.locking import exclusive
@@ -243,8 +244,21 @@ def _write_shard(path: Path, rows: dict[str, list[Any]], unreadable: list[str], 
     })
     meta = {"plan": plan, "unit": unit.index, "fingerprint": unit.fingerprint(), "model": settings.model,
             "kind": settings.kind, "dim": dim, "count": table.num_rows, "skipped": unreadable}
+    write_shard_table(path, table, meta)
+
+
+def write_shard_table(path: Path, table: pa.Table, meta: dict[str, Any]) -> None:
+    """Write one shard atomically, its metadata (``meta``) in the footer.
+
+    The features are stored plainly (no compression, no dictionary: float features gain nothing from
+    either), so that a search index can read single rows' features in place
+    (:mod:`dinofeat.features.stores.shard_pages`); the other columns are compressed.
+    """
     table = table.replace_schema_metadata({"dinofeat": json.dumps(meta)})
-    replace_atomically(lambda temporary: pq.write_table(table, temporary), path)
+    others = [name for name in table.column_names if name != FEATURE_COLUMN]
+    compression = {name: "snappy" for name in others} | {FEATURE_COLUMN: "none"}
+    replace_atomically(lambda temporary: pq.write_table(table, temporary, compression=compression,
+                                                        use_dictionary=others), path)
 
 
 def _finish(folder: Path, plan: str, settings: ExtractionSettings, units: Sequence[Unit]) -> bool:
@@ -262,6 +276,44 @@ def _finish(folder: Path, plan: str, settings: ExtractionSettings, units: Sequen
             **_describe(settings, units), "plan": plan, "complete": True, "dim": dims.pop() if dims else 0,
             "count": sum(s["count"] for s in shards), "shards": shards}, indent=1))
         return True
+
+
+def write_feature_shards(output: str | os.PathLike[str], batches: Iterable[tuple[Sequence[str], np.ndarray]],
+                         *, model: str, kind: str = "cls") -> int:
+    """Write features computed elsewhere as a complete shard folder, one shard per batch of (paths,
+    (n, dim) features), so that everything reading ``dinofeat embed`` output (``dinofeat index``,
+    :func:`load_shards`) reads them. Image sizes and metadata are left empty.
+
+    Returns:
+        The number of rows written.
+
+    Raises:
+        ShardError: ``output`` already holds a shard folder.
+    """
+    folder = Path(output)
+    if (folder / MANIFEST).exists():
+        raise ShardError(f"{folder} already holds a shard folder; write to a new folder")
+    shards: list[dict[str, Any]] = []
+    dim = 0
+    for number, (paths, features) in enumerate(batches):
+        array = np.ascontiguousarray(features, np.float32)
+        dim = array.shape[1]
+        table = pa.table({
+            "path": pa.array(list(paths), pa.string()),
+            "cls": pa.FixedSizeListArray.from_arrays(pa.array(array.reshape(-1)), dim),
+            "width": pa.nulls(len(paths), pa.int32()), "height": pa.nulls(len(paths), pa.int32()),
+            "metadata": pa.nulls(len(paths), pa.string())})
+        name = f"shard-{number:06d}.parquet"
+        meta = {"plan": "imported", "unit": number, "model": model, "kind": kind, "dim": dim,
+                "count": len(paths), "skipped": []}
+        write_shard_table(folder / name, table, meta)
+        shards.append({"file": name, "count": len(paths), "skipped": 0})
+    count = sum(int(shard["count"]) for shard in shards)
+    write_text_atomically(folder / MANIFEST, json.dumps({
+        "format": SHARDS_FORMAT, "version": SHARDS_VERSION, "model": model, "kind": kind, "size": None,
+        "units": len(shards), "plan": "imported", "complete": True, "dim": dim, "count": count,
+        "shards": shards}, indent=1))
+    return count
 
 
 def is_shard_folder(path: str | os.PathLike[str]) -> bool:
@@ -287,10 +339,14 @@ def shard_manifest(output: str | os.PathLike[str]) -> dict[str, Any]:
     return meta
 
 
-def iter_shard_tables(output: str | os.PathLike[str]) -> Iterator[pa.Table]:
-    """The non-empty shards of a complete folder, one Arrow table at a time, in input order."""
+def iter_shard_tables(output: str | os.PathLike[str], only: Collection[str] | None = None
+                      ) -> Iterator[pa.Table]:
+    """The non-empty shards of a complete folder (those named in ``only``, if given), one Arrow table at a
+    time, in input order."""
     folder = Path(output)
     for shard in shard_manifest(folder)["shards"]:
+        if only is not None and shard["file"] not in only:
+            continue
         if _shard_meta(folder / shard["file"])["count"]:  # a shard of only unreadable images has no rows
             yield pq.read_table(folder / shard["file"])
 
