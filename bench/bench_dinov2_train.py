@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timing import side_by_side_summary
 
 from dinofeat.training.config.train_config import TrainConfig, resolve_config
 from dinofeat.training.engine.dinov2_step import DinoV2Step, build_dinov2_networks, dinov2_schedules
@@ -106,21 +107,7 @@ def side_by_side(rounds: int, iters: int, threads: int | None) -> dict[str, Any]
     for _ in range(rounds):
         official.append(_run_json([sys.executable, str(OFFICIAL_RUNNER), str(iters), *thread_args]))
         ours.append(_run_json([sys.executable, __file__, "--iters", str(iters), *thread_args]))
-    official_ips = statistics.median(r["official_images_per_s"] for r in official)
-    ours_ips = statistics.median(r["images_per_s"] for r in ours)
-    official_rss = statistics.median(r["peak_rss_MiB"] for r in official)
-    ours_rss = statistics.median(r["peak_rss_MiB"] for r in ours)
-    return {
-        "rounds": rounds, "iterations_per_run": iters,
-        "official_images_per_s": [r["official_images_per_s"] for r in official],
-        "dinofeat_images_per_s": [r["images_per_s"] for r in ours],
-        "official_peak_rss_MiB": [r["peak_rss_MiB"] for r in official],
-        "dinofeat_peak_rss_MiB": [r["peak_rss_MiB"] for r in ours],
-        "ratio_of_median_images_per_s": round(ours_ips / official_ips, 3),
-        "median_of_per_round_ratios": round(statistics.median(
-            b["images_per_s"] / a["official_images_per_s"] for a, b in zip(official, ours, strict=True)), 3),
-        "ratio_of_median_peak_rss": round(ours_rss / official_rss, 3),
-    }
+    return {"iterations_per_run": iters, **side_by_side_summary(official, ours, "peak_rss_MiB")}
 
 
 def main() -> int:

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from timing import side_by_side_summary
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -115,24 +116,12 @@ def side_by_side(rounds: int, iters: int) -> dict[str, Any]:
         prefetched.append(_run_json([sys.executable, __file__, "--iters", str(iters), "--no-ceiling",
                                      "--prefetched"]))
     official_ips = statistics.median(r["official_images_per_s"] for r in official)
-    ours_ips = statistics.median(r["images_per_s"] for r in ours)
-    official_rss = statistics.median(r["peak_rss_MiB"] for r in official)
-    ours_rss = statistics.median(r["peak_rss_main_MiB"] for r in ours)
     return {
-        "rounds": rounds, "iterations_per_run": iters,
-        "official_images_per_s": [r["official_images_per_s"] for r in official],
-        "dinofeat_images_per_s": [r["images_per_s"] for r in ours],
-        "official_peak_rss_MiB": [r["peak_rss_MiB"] for r in official],
-        "dinofeat_peak_rss_main_MiB": [r["peak_rss_main_MiB"] for r in ours],
-        "ratio_of_median_images_per_s": round(ours_ips / official_ips, 3),
-        # Each round's two runs are minutes apart; the machine's speed drifts more between rounds.
-        "median_of_per_round_ratios": round(statistics.median(
-            b["images_per_s"] / a["official_images_per_s"] for a, b in zip(official, ours, strict=True)), 3),
+        "iterations_per_run": iters, **side_by_side_summary(official, ours, "peak_rss_main_MiB"),
         # The same trainer without its loader worker running: the most that a free data path could give.
         "dinofeat_prefetched_images_per_s": [r["images_per_s"] for r in prefetched],
         "ratio_prefetched_to_official": round(
             statistics.median(r["images_per_s"] for r in prefetched) / official_ips, 3),
-        "ratio_of_median_peak_rss": round(ours_rss / official_rss, 3),
     }
 
 
